@@ -1,0 +1,363 @@
+"""`RTRChatModel`: a chat model that routes, so RTR drops into any chain or agent.
+
+Each call routes the text of the last human message (the other messages are kept as context,
+as in `RTRRunnable`), renders it with the chosen strategy, and returns the chosen model's
+`AIMessage`: its content (or, with `output="answer"`, the parsed answer), its `usage_metadata`
+and `response_metadata["model_name"]` as the backend reported them, and the decision under
+`response_metadata["rtr"]` (also dispatched as the custom event `"rtr_decision"`).
+
+Why the chosen model is called through its `_generate`/`_stream` and not `invoke`: this object
+*is* the chat model run. Calling `invoke` inside it would start a second, nested chat model run
+with the same usage, and `get_usage_metadata_callback()` (or any tracer summing tokens) would
+count every answer twice. The cost: the inner model's own callbacks, cache and rate limiter are
+not used; set them on the `RTRChatModel`.
+
+Routing knobs per call: the `RTRRunnable` keys (`rtr_lambda`, `rtr_max_tokens`,
+`rtr_allowed_pairs`, `rtr_policy`) from `config["configurable"]`, or as keyword arguments
+(`chat.invoke(msgs, rtr_lambda=0.5)`, `chat.bind(rtr_max_tokens=256)`). Other keyword arguments
+(`temperature`, `max_tokens`, `stop`) go to the chosen model; `max_tokens` is still capped.
+
+Capabilities: text in, text out, streaming. No tool calling or structured output: the
+candidates are reasoning setups (CoT, PAL, ...) whose prompts and answer parsing assume a
+free-text answer, and a routed model may not support tools.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any, Literal, cast
+
+from langchain_core.callbacks import (
+    AsyncCallbackManager,
+    AsyncCallbackManagerForLLMRun,
+    CallbackManager,
+    CallbackManagerForLLMRun,
+)
+from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.config import ensure_config
+from pydantic import ConfigDict
+
+from langchain_rtr.runnable import (
+    CONFIG_KEYS,
+    DECISION_EVENT,
+    AllPairsFailedError,
+    RTRResult,
+    RTRRunnable,
+    _Attempt,
+    _Request,
+    routing_row,
+)
+
+__all__ = ["RTRChatModel"]
+
+
+def _merged_message(result: ChatResult) -> AIMessage:
+    """The first generation's message with generation info and llm_output in its metadata.
+
+    `BaseChatModel.invoke` does this merge; calling `_generate` directly, we do it here, so
+    `response_metadata["model_name"]` (in ChatOpenAI's llm_output) is on the message.
+    """
+    gen = result.generations[0]
+    message = cast("AIMessage", gen.message)
+    meta = {**(result.llm_output or {}), **(gen.generation_info or {}), **message.response_metadata}
+    return message.model_copy(update={"response_metadata": meta})
+
+
+def _as_chunk(message: AIMessage) -> AIMessageChunk:
+    return AIMessageChunk(
+        content=message.content,
+        additional_kwargs=message.additional_kwargs,
+        response_metadata=message.response_metadata,
+        usage_metadata=message.usage_metadata,
+        id=message.id,
+    )
+
+
+def _chunk_message(chunk: ChatGenerationChunk) -> AIMessageChunk:
+    message = cast("AIMessageChunk", chunk.message)
+    if chunk.generation_info:
+        message.response_metadata = {**chunk.generation_info, **message.response_metadata}
+    return message
+
+
+def _emit(run_manager: CallbackManagerForLLMRun | None, decision: Any) -> None:
+    """Dispatch the decision as a custom event of this chat model run."""
+    if run_manager is None or not run_manager.handlers:
+        return
+    manager = CallbackManager(
+        handlers=run_manager.handlers,
+        inheritable_handlers=run_manager.inheritable_handlers,
+        parent_run_id=run_manager.parent_run_id,
+        tags=run_manager.tags,
+        metadata=run_manager.metadata,
+    )
+    data = routing_row(decision).model_dump(mode="json")
+    manager.on_custom_event(DECISION_EVENT, data, run_id=run_manager.run_id)
+
+
+async def _aemit(run_manager: AsyncCallbackManagerForLLMRun | None, decision: Any) -> None:
+    if run_manager is None or not run_manager.handlers:
+        return
+    manager = AsyncCallbackManager(
+        handlers=run_manager.handlers,
+        inheritable_handlers=run_manager.inheritable_handlers,
+        parent_run_id=run_manager.parent_run_id,
+        tags=run_manager.tags,
+        metadata=run_manager.metadata,
+    )
+    data = routing_row(decision).model_dump(mode="json")
+    await manager.on_custom_event(DECISION_EVENT, data, run_id=run_manager.run_id)
+
+
+def _has_stream(model: BaseChatModel) -> bool:
+    return type(model)._stream is not BaseChatModel._stream
+
+
+def _has_astream(model: BaseChatModel) -> bool:
+    return _has_stream(model) or type(model)._astream is not BaseChatModel._astream
+
+
+def _split_stop(kwargs: dict[str, Any]) -> tuple[list[str] | None, dict[str, Any]]:
+    rest = dict(kwargs)
+    return rest.pop("stop", None), rest
+
+
+def _call(attempt: _Attempt) -> AIMessage:
+    stop, kwargs = _split_stop(attempt.kwargs)
+    return _merged_message(attempt.model._generate(attempt.messages, stop=stop, **kwargs))
+
+
+async def _acall(attempt: _Attempt) -> AIMessage:
+    stop, kwargs = _split_stop(attempt.kwargs)
+    return _merged_message(await attempt.model._agenerate(attempt.messages, stop=stop, **kwargs))
+
+
+def _stream_call(attempt: _Attempt) -> Iterator[AIMessageChunk]:
+    if not _has_stream(attempt.model):
+        yield _as_chunk(_call(attempt))
+        return
+    stop, kwargs = _split_stop(attempt.kwargs)
+    for chunk in attempt.model._stream(attempt.messages, stop=stop, **kwargs):
+        yield _chunk_message(chunk)
+
+
+async def _astream_call(attempt: _Attempt) -> AsyncIterator[AIMessageChunk]:
+    if not _has_astream(attempt.model):
+        yield _as_chunk(await _acall(attempt))
+        return
+    stop, kwargs = _split_stop(attempt.kwargs)
+    async for chunk in attempt.model._astream(attempt.messages, stop=stop, **kwargs):
+        yield _chunk_message(chunk)
+
+
+class RTRChatModel(BaseChatModel):
+    """A `BaseChatModel` that routes every call through an `RTRRunnable`.
+
+    Example:
+        ```python
+        chat = RTRChatModel(runnable=RTRRunnable(router=router))
+        msg = chat.invoke("What is 17 * 23?")
+        msg.response_metadata["model_name"], msg.response_metadata["rtr"]["strategy"]
+        ```
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    runnable: RTRRunnable
+    """Does the routing, the fallback and the parsing."""
+    output: Literal["message", "answer"] = "message"
+    """`"message"`: the chosen model's content as is; `"answer"`: the strategy's parsed answer
+    (PAL: the program's result), for chains that want only the answer."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "rtr"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"pairs": sorted(self.runnable.servable_pairs), "output": self.output}
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        # The routed model is only known after routing; it is in response_metadata.
+        params = LangSmithParams(
+            ls_provider="rtr", ls_model_name=str(kwargs.get("model", "rtr")), ls_model_type="chat"
+        )
+        if stop:
+            params["ls_stop"] = stop
+        return params
+
+    # -- knobs from config["configurable"] ---------------------------------------------------
+    @staticmethod
+    def _with_knobs(config: RunnableConfig | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        configurable = (config or {}).get("configurable") or {}
+        knobs = {k: configurable[k] for k in CONFIG_KEYS if k in configurable}
+        return {**knobs, **kwargs}
+
+    def invoke(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AIMessage:
+        """`BaseChatModel.invoke`, reading the routing knobs from `config["configurable"]`."""
+        return super().invoke(input, config, stop=stop, **self._with_knobs(config, kwargs))
+
+    async def ainvoke(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AIMessage:
+        """Async `invoke`."""
+        return await super().ainvoke(input, config, stop=stop, **self._with_knobs(config, kwargs))
+
+    def stream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[AIMessageChunk]:
+        """`BaseChatModel.stream`, reading the routing knobs from `config["configurable"]`."""
+        yield from super().stream(input, config, stop=stop, **self._with_knobs(config, kwargs))
+
+    async def astream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[AIMessageChunk]:
+        """Async `stream`."""
+        async for chunk in super().astream(
+            input, config, stop=stop, **self._with_knobs(config, kwargs)
+        ):
+            yield chunk
+
+    # -- the routing -------------------------------------------------------------------------
+    def _request(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: Mapping[str, Any]
+    ) -> _Request:
+        # Knobs set on an enclosing chain reach us through the config context.
+        ambient = ensure_config().get("configurable") or {}
+        knobs = {k: ambient[k] for k in CONFIG_KEYS if k in ambient}
+        call_kwargs: dict[str, Any] = {}
+        for key, value in kwargs.items():
+            if key in CONFIG_KEYS:
+                knobs[key] = value
+            else:
+                call_kwargs[key] = value
+        if stop:
+            call_kwargs["stop"] = stop
+        req = self.runnable._prepare(messages, knobs)
+        req.call_kwargs = call_kwargs
+        return req
+
+    def _message(self, result: RTRResult) -> AIMessage:
+        if result.message is None:
+            raise AllPairsFailedError(result) from result.exception
+        info = {
+            **routing_row(result.decision).model_dump(mode="json"),
+            "answered_by": [result.model, result.strategy],
+            "answer": result.answer,
+            "parse_error": result.parse_error,
+            "max_tokens": result.max_tokens,
+            "cost": result.cost,
+            "fallbacks": [f.model_dump() for f in result.fallbacks],
+        }
+        update: dict[str, Any] = {
+            "response_metadata": {**result.message.response_metadata, "rtr": info}
+        }
+        if self.output == "answer":
+            update["content"] = result.answer or ""
+        return result.message.model_copy(update=update)
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        rtr = self.runnable
+        req = self._request(messages, stop, kwargs)
+        decision = rtr._route(req)
+        _emit(run_manager, decision)
+        result = rtr._execute(req, decision, _call)
+        return ChatResult(generations=[ChatGeneration(message=self._message(result))])
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        rtr = self.runnable
+        req = self._request(messages, stop, kwargs)
+        decision = await rtr._aroute(req, ensure_config())
+        await _aemit(run_manager, decision)
+        result = await rtr._aexecute(req, decision, _acall)
+        return ChatResult(generations=[ChatGeneration(message=self._message(result))])
+
+    def _final_chunk(self, result: RTRResult) -> ChatGenerationChunk:
+        message = self._message(result)  # raises when nothing answered
+        chunk = AIMessageChunk(
+            content="", response_metadata={"rtr": message.response_metadata["rtr"]}
+        )
+        return ChatGenerationChunk(message=chunk)
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        if self.output == "answer":  # the answer exists only once the whole reply is parsed
+            result = self._generate(messages, stop, run_manager, **kwargs)
+            yield ChatGenerationChunk(
+                message=_as_chunk(cast("AIMessage", result.generations[0].message))
+            )
+            return
+        rtr = self.runnable
+        req = self._request(messages, stop, kwargs)
+        decision = rtr._route(req)
+        _emit(run_manager, decision)
+        for item in rtr._execute_stream(req, decision, _stream_call):
+            if isinstance(item, RTRResult):
+                yield self._final_chunk(item)
+            else:  # BaseChatModel.stream reports the token to the callbacks
+                yield ChatGenerationChunk(message=item)
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        if self.output == "answer":
+            result = await self._agenerate(messages, stop, run_manager, **kwargs)
+            yield ChatGenerationChunk(
+                message=_as_chunk(cast("AIMessage", result.generations[0].message))
+            )
+            return
+        rtr = self.runnable
+        req = self._request(messages, stop, kwargs)
+        decision = await rtr._aroute(req, ensure_config())
+        await _aemit(run_manager, decision)
+        async for item in rtr._aexecute_stream(req, decision, _astream_call):
+            if isinstance(item, RTRResult):
+                yield self._final_chunk(item)
+            else:
+                yield ChatGenerationChunk(message=item)

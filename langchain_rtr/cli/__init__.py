@@ -1,0 +1,1 @@
+"""The `rtr` command line (see `langchain_rtr.cli.main`)."""

@@ -1,0 +1,3 @@
+from langchain_rtr.cli.main import main
+
+main()

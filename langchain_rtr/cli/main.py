@@ -1,0 +1,389 @@
+"""The `rtr` command: train, evaluate, route, demo, and run the live pieces.
+
+Heavy modules (torch, sentence-transformers, vLLM helpers) are imported inside each command so
+that `rtr --help` and argument errors answer at once. Every error is printed as one line; set
+``RTR_DEBUG=1`` for the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from langchain_rtr.routing import Policy
+
+app = typer.Typer(
+    name="rtr",
+    help="Route-To-Reason: route each question to the (model, strategy) pair with the best "
+    "accuracy for its cost.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+DEFAULT_OUT = Path("rtr-out")
+DEMO_QUESTIONS = (
+    "What is 7 + 5?",
+    "A train leaves at 3:15 pm and the trip takes 2 hours 50 minutes. When does it arrive?",
+    "Prove that there are infinitely many primes p such that p + 2 is also prime, or explain "
+    "why this is open.",
+    "Write a Python function that returns the n-th Fibonacci number in O(log n) time.",
+    "Which organelle produces most of the ATP in a eukaryotic cell?",
+)
+
+DataOpt = Annotated[
+    str, typer.Option("--data", "-d", help="A bundled set name or a routing-set directory.")
+]
+RouterOpt = Annotated[Path, typer.Option("--router", "-r", help="A saved router directory.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of the train/test split and of training.")]
+TestFractionOpt = Annotated[
+    float, typer.Option("--test-fraction", help="Share of questions held out for evaluation.")
+]
+
+
+def _epoch_progress(max_epochs: int) -> tuple[Progress, Any]:
+    progress = Progress(
+        TextColumn("[bold]training[/bold]"),
+        BarColumn(),
+        TextColumn("epoch {task.completed}/{task.total}"),
+        TextColumn("{task.fields[losses]}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    )
+    task = progress.add_task("train", total=max_epochs, losses="")
+
+    def on_epoch(epoch: int, train_loss: float, val_loss: float) -> None:
+        progress.update(
+            task, completed=epoch, losses=f"train {train_loss:.4f}  validation {val_loss:.4f}"
+        )
+
+    return progress, on_epoch
+
+
+def _train(data: str, test_fraction: float, seed: int, cost_unit: str | None) -> Any:
+    """Load, split, encode and train, with progress on stderr; returns (set, router, train, test)."""
+    from langchain_rtr.predictor import TrainConfig
+    from langchain_rtr.workflow import fit_router, load_data, split
+
+    started = time.perf_counter()
+    with err_console.status(f"loading {data}"):
+        routing_set = load_data(data)
+        train, test = split(routing_set, test_fraction=test_fraction, seed=seed)
+    err_console.print(
+        f"[dim]{routing_set.name}: {len(train) + len(test)} questions, "
+        f"{len(train.pairs)} pairs; {len(train)} to train, {len(test)} held out[/dim]"
+    )
+    config = TrainConfig(seed=seed)
+    with err_console.status("encoding questions (cached after the first run)"):
+        from langchain_rtr.predictor import default_encoder
+
+        encoder = default_encoder()
+        encoder.encode(train.questions + test.questions, show_progress=False)
+    progress, on_epoch = _epoch_progress(config.max_epochs)
+    with progress:
+        router = fit_router(
+            routing_set,
+            train,
+            encoder=encoder,
+            config=config,
+            cost_unit=cost_unit,  # type: ignore[arg-type]
+            progress=on_epoch,
+        )
+    err_console.print(f"[dim]trained in {time.perf_counter() - started:.1f} s[/dim]")
+    return routing_set, router, train, test
+
+
+def _print_report(report: Any, plot: Path | None, json_out: Path | None) -> None:
+    console.print(report)
+    if plot is not None:
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        report.plot(plot)
+        console.print(f"plot: {plot}")
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        console.print(f"report: {json_out}")
+
+
+def _policy(
+    lam: float | None, max_tokens: int | None, floor: float | None
+) -> Policy | None:
+    from langchain_rtr.routing import AccuracyFloor, TokenBudget, Tradeoff
+
+    chosen = [x is not None for x in (lam, max_tokens, floor)]
+    if sum(chosen) > 1:
+        raise typer.BadParameter("give at most one of --lambda, --max-tokens and --floor")
+    if lam is not None:
+        return Tradeoff(lam)
+    if max_tokens is not None:
+        return TokenBudget(max_tokens)
+    if floor is not None:
+        return AccuracyFloor(floor)
+    return None
+
+
+def _parse_pairs(allow: list[str] | None) -> list[Any] | None:
+    if not allow:
+        return None
+    out: list[Any] = []
+    for item in allow:
+        model, sep, strategy = item.partition("/")
+        out.append((model, strategy) if sep else model)
+    return out
+
+
+def _print_decision(router: Any, question: str, policy: Any, allowed: Any) -> dict[str, Any]:
+    table = router.table(question)
+    decision = router.decide(router.tables([question]), policy, allowed)[0]
+    console.print(f"\n[bold]{question}[/bold]")
+    console.print(table)
+    if decision.model is None:
+        console.print(f"decision: [red]no pair chosen[/red] ({decision.status})")
+    else:
+        tokens = (
+            f", ~{decision.output_tokens:.0f} tokens" if decision.output_tokens is not None else ""
+        )
+        console.print(
+            f"decision: [green]{decision.model} / {decision.strategy}[/green] "
+            f"(p(correct) {decision.correctness:.2f}{tokens}; {decision.status})"
+        )
+    return dict(decision.to_dict())
+
+
+@app.command()
+def train(
+    data: DataOpt = "llmrouter",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to save the router.")] = (
+        DEFAULT_OUT / "router"
+    ),
+    test_fraction: TestFractionOpt = 0.2,
+    seed: SeedOpt = 0,
+    cost_unit: Annotated[
+        str | None, typer.Option(help="usd or tokens (default: usd when models have prices).")
+    ] = None,
+) -> None:
+    """Train a router on a routing set's training part and save it."""
+    from langchain_rtr.workflow import TrainingInfo, save_training_info
+
+    routing_set, router, _, _ = _train(data, test_fraction, seed, cost_unit)
+    router.save(out)
+    save_training_info(
+        out, TrainingInfo(data, test_fraction, seed, str(router.cost_unit))
+    )
+    console.print(f"router saved to {out} ({routing_set.name}, {len(router.pairs)} pairs)")
+
+
+@app.command("eval")
+def eval_(
+    router_dir: RouterOpt = DEFAULT_OUT / "router",
+    data: Annotated[
+        str | None, typer.Option("--data", "-d", help="Default: the set the router was trained on.")
+    ] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write the accuracy-cost plot here.")] = (
+        DEFAULT_OUT / "eval.png"
+    ),
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON.")] = (
+        None
+    ),
+) -> None:
+    """Evaluate a saved router on the held-out part of its set against the baselines."""
+    from langchain_rtr.routing import RTRRouter
+    from langchain_rtr.workflow import evaluate, load_data, load_training_info, split
+
+    info = load_training_info(router_dir)
+    if info is None and data is None:
+        raise typer.BadParameter(
+            f"{router_dir} has no training.json; say which data to evaluate on with --data"
+        )
+    router = RTRRouter.load(router_dir)
+    routing_set = load_data(data or info.data)  # type: ignore[union-attr]
+    if info is not None and (data is None or data == info.data):
+        train_part, test = split(routing_set, test_fraction=info.test_fraction, seed=info.split_seed)
+    else:
+        # Another set: every question is unseen, and KNN's neighbours come from the set itself.
+        train_part, test = split(routing_set, test_fraction=0.5, seed=0)
+    with err_console.status("evaluating"):
+        report = evaluate(router, train_part, test, name=routing_set.name)
+    _print_report(report, plot, json_out)
+
+
+@app.command()
+def route(
+    question: Annotated[str, typer.Argument(help="The question to route.")],
+    router_dir: RouterOpt = DEFAULT_OUT / "router",
+    lam: Annotated[float | None, typer.Option("--lambda", help="Trade-off λ in [0, 1].")] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option(help="Per-question budget in output tokens.")
+    ] = None,
+    floor: Annotated[float | None, typer.Option(help="Accuracy floor in [0, 1].")] = None,
+    allow: Annotated[
+        list[str] | None, typer.Option(help="Allowed model or model/strategy (repeatable).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the decision as JSON.")] = False,
+) -> None:
+    """Print a question's routing table and the chosen pair."""
+    from langchain_rtr.routing import RTRRouter
+
+    router = RTRRouter.load(router_dir)
+    policy = _policy(lam, max_tokens, floor)
+    allowed = _parse_pairs(allow)
+    if as_json:
+        decision = router.route(question, policy=policy, allowed=allowed)
+        console.print_json(json.dumps(decision.to_dict()))
+        return
+    _print_decision(router, question, policy, allowed)
+
+
+@app.command()
+def demo(
+    data: DataOpt = "llmrouter",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = DEFAULT_OUT,
+    seed: SeedOpt = 0,
+) -> None:
+    """Train on a bundled set, compare RTR with the baselines, plot, and route examples."""
+    from langchain_rtr.workflow import TrainingInfo, evaluate, save_training_info
+
+    started = time.perf_counter()
+    routing_set, router, train_part, test = _train(data, 0.2, seed, None)
+    with err_console.status("evaluating against the baselines"):
+        report = evaluate(router, train_part, test, name=routing_set.name)
+    _print_report(report, out / f"{routing_set.name}-curve.png", out / f"{routing_set.name}.json")
+    router_dir = out / "router"
+    router.save(router_dir)
+    save_training_info(router_dir, TrainingInfo(data, 0.2, seed, str(router.cost_unit)))
+    console.print(f"router: {router_dir}")
+    console.rule("routing a few questions")
+    for question in DEMO_QUESTIONS:
+        _print_decision(router, question, None, None)
+    console.print(f"\n[dim]demo finished in {time.perf_counter() - started:.0f} s[/dim]")
+
+
+@app.command()
+def serve(
+    models_file: Annotated[Path, typer.Argument(help="Models file (YAML) with serve: sections.")],
+    log_dir: Annotated[Path, typer.Option(help="Server logs go here.")] = DEFAULT_OUT / "logs",
+    model: Annotated[
+        list[str] | None, typer.Option("--model", "-m", help="Serve only these (repeatable).")
+    ] = None,
+    concurrent: Annotated[
+        bool, typer.Option(help="Start the servers at the same time instead of in turn.")
+    ] = False,
+) -> None:
+    """Start one vLLM server per model, wait until healthy, stop all on Ctrl-C or SIGTERM."""
+    from langchain_rtr.serving import serve_models
+
+    code = serve_models(
+        models_file, log_dir, names=model, concurrent=concurrent, echo=console.print
+    )
+    raise typer.Exit(code)
+
+
+@app.command()
+def collect(
+    models_file: Annotated[Path, typer.Argument(help="Models file (YAML).")],
+    questions_file: Annotated[Path, typer.Argument(help="Question set (JSONL or CSV).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Records file (JSONL), appended.")] = (
+        DEFAULT_OUT / "records.jsonl"
+    ),
+    strategy: Annotated[
+        list[str] | None, typer.Option("--strategy", "-s", help="Strategies (repeatable).")
+    ] = None,
+    model: Annotated[
+        list[str] | None, typer.Option("--model", "-m", help="Only these models (repeatable).")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(help="Calls in flight per endpoint.")] = 4,
+    max_tokens: Annotated[int, typer.Option(help="Output token cap per call.")] = 512,
+    retries: Annotated[int, typer.Option(help="Retries on endpoint failures.")] = 3,
+    limit: Annotated[int | None, typer.Option(help="Only the first N questions.")] = None,
+) -> None:
+    """Profile every (model, strategy) pair on a question set; resumable."""
+    from langchain_rtr.collect import PAPER_STRATEGIES, run_collect
+
+    summary = run_collect(
+        models_file,
+        questions_file,
+        out,
+        strategies=strategy or PAPER_STRATEGIES,
+        models=model,
+        concurrency=concurrency,
+        max_tokens=max_tokens,
+        retries=retries,
+        limit=limit,
+        echo=console.print,
+    )
+    if getattr(summary, "interrupted", False):
+        raise typer.Exit(130)
+
+
+@app.command("serve-router")
+def serve_router(
+    router_dir: RouterOpt = DEFAULT_OUT / "router",
+    models_file: Annotated[
+        Path | None, typer.Option("--models", help="Models file with the backends' endpoints.")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="RTR_API_KEY", help="Require this bearer key.")
+    ] = None,
+) -> None:
+    """Serve RTR behind an OpenAI-compatible /v1/chat/completions endpoint."""
+    from langchain_rtr.server import run_server
+
+    run_server(router_dir, models_file, host=host, port=port, api_key=api_key)
+
+
+@app.command("bundled")
+def bundled() -> None:
+    """List the bundled routing sets."""
+    from langchain_rtr.data.bundled import list_bundled, load_bundled
+
+    table = Table("name", "questions", "models", "strategies", "records")
+    for name in list_bundled():
+        rs = load_bundled(name)
+        table.add_row(
+            name,
+            str(len({r.key for r in rs.records})),
+            str(len(rs.models)),
+            str(len(rs.strategies)),
+            str(len(rs.records)),
+        )
+    console.print(table)
+
+
+def main() -> None:
+    """Entry point: run the app, turning any error into one clear line."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        app(standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except (typer.Abort, EOFError):
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - the CLI's contract is one line per error
+        if os.environ.get("RTR_DEBUG"):
+            raise
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show(file=sys.stderr)
+            sys.exit(exc.exit_code)
+        message = str(exc) or repr(exc)
+        err_console.print(f"[red]error:[/red] {type(exc).__name__}: {message}", highlight=False)
+        sys.exit(1)

@@ -1,0 +1,18 @@
+"""The package's own error types, so callers (and the CLI) can tell bad input from bugs."""
+
+from __future__ import annotations
+
+
+class RTRError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ConfigError(RTRError, ValueError):
+    """A models file, strategy, policy or routing knob is invalid; the message says where."""
+
+
+class UnknownPairError(RTRError, KeyError):
+    """A model or strategy the router was not trained on was asked for."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

@@ -1,0 +1,742 @@
+"""RTRPredictor: train the two heads on an outcome matrix, predict, save and load.
+
+The predictor knows nothing of LangChain: it maps question texts to a correctness probability
+and an output-length estimate for every (model, strategy) pair; policies live elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from langchain_rtr.data.matrix import OutcomeMatrix
+from langchain_rtr.predictor.encoder import (
+    DEFAULT_ENCODER_ID,
+    CachedEncoder,
+    QuestionEncoder,
+    SentenceTransformerEncoder,
+    default_encoder,
+    uncached,
+)
+from langchain_rtr.predictor.model import RTRNet
+
+FORMAT_NAME = "langchain-rtr-predictor"
+FORMAT_VERSION = 1
+"""Bumped whenever the checkpoint layout or the meaning of a stored tensor changes."""
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+_SCORE_PAIRS_PER_CHUNK = 2_048  # keeps each [n, P, hidden] block (6 MB at hidden 768) in cache
+
+Pair = tuple[str, str]
+ProgressFn = Callable[[int, float, float], None]
+
+
+class PredictorError(ValueError):
+    """The predictor was given input it cannot use (missing descriptions, wrong shapes...)."""
+
+
+class CheckpointError(PredictorError):
+    """A checkpoint is missing, malformed, or does not fit what the caller expects."""
+
+
+@dataclass
+class Prediction:
+    """Per-question, per-pair predictions; columns follow :attr:`RTRPredictor.pairs`.
+
+    Attributes:
+        correctness: float32 ``[n_questions, n_pairs]``, probability of a correct answer.
+        output_tokens: float32 ``[n_questions, n_pairs]``, predicted output tokens; ``None`` when
+            the predictor has no length head (its training data had no lengths), in which case
+            cost comes from price alone.
+    """
+
+    correctness: np.ndarray
+    output_tokens: np.ndarray | None
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of :meth:`RTRPredictor.train`.
+
+    The defaults follow the paper (Adam, lr 1e-3, hidden 768, up to 100 epochs, early stopping)
+    except where the batching differs: a batch here is ``batch_size`` questions with *all*
+    their pairs, not ``batch_size`` (question, pair) rows.
+
+    Attributes:
+        learnable_dim: Size of each learnable model and strategy embedding (0: text only).
+        hidden: Hidden units of each head.
+        lr: Adam learning rate.
+        batch_size: Questions per optimiser step.
+        max_epochs: Upper bound on passes over the training questions.
+        patience: Epochs without a better validation loss before stopping.
+        validation_fraction: Share of questions held out for early stopping (0: none, train
+            ``max_epochs``).
+        seed: Seeds initialisation, the validation split and the batch order.
+        weight_decay: Adam's L2 penalty.
+        length_weight: Weight of the length loss against the correctness loss.
+        embedding_std: Standard deviation of the initial learnable embeddings.
+        min_delta: A validation loss must improve by more than this to count.
+        num_threads: torch threads while training, restored afterwards (``None``: leave as
+            is). One by default: the batches are too small to gain from more, results then do
+            not depend on the machine's core count, and an oversubscribed machine does not
+            slow training tenfold.
+    """
+
+    learnable_dim: int = 64
+    hidden: int = 768
+    lr: float = 1e-3
+    batch_size: int = 32
+    max_epochs: int = 100
+    patience: int = 5
+    validation_fraction: float = 0.1
+    seed: int = 0
+    weight_decay: float = 0.0
+    length_weight: float = 1.0
+    embedding_std: float = 0.1
+    min_delta: float = 1e-4
+    num_threads: int | None = 1
+
+    def __post_init__(self) -> None:
+        checks = {
+            "learnable_dim": self.learnable_dim >= 0,
+            "hidden": self.hidden >= 1,
+            "lr": self.lr > 0,
+            "batch_size": self.batch_size >= 1,
+            "max_epochs": self.max_epochs >= 1,
+            "patience": self.patience >= 1,
+            "validation_fraction": 0.0 <= self.validation_fraction < 1.0,
+            "weight_decay": self.weight_decay >= 0,
+            "length_weight": self.length_weight >= 0,
+            "embedding_std": self.embedding_std >= 0,
+            "min_delta": self.min_delta >= 0,
+            "num_threads": self.num_threads is None or self.num_threads >= 1,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise PredictorError(
+                "invalid TrainConfig: "
+                + ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
+            )
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
+        """Build from a dict, ignoring keys this version does not know."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+@dataclass
+class TrainingSummary:
+    """What happened in training (stored in the checkpoint for provenance).
+
+    Attributes:
+        epochs: Epochs run.
+        best_epoch: The epoch whose weights were kept (1-based).
+        best_validation_loss: Its validation loss (NaN without a validation part).
+        train_questions: Questions trained on.
+        validation_questions: Questions held out.
+        history: Per epoch ``(epoch, train_loss, validation_loss)``.
+    """
+
+    epochs: int = 0
+    best_epoch: int = 0
+    best_validation_loss: float = math.nan
+    train_questions: int = 0
+    validation_questions: int = 0
+    history: list[tuple[int, float, float]] = field(default_factory=list)
+
+
+def _unique(items: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def _description_texts(
+    names: Sequence[str], descriptions: Mapping[str, str], kind: str
+) -> list[str]:
+    missing = [n for n in names if n not in descriptions]
+    if missing:
+        raise PredictorError(
+            f"no description for {kind}(s) {missing}; the {kind} descriptions given cover "
+            f"{sorted(descriptions)}"
+        )
+    # An empty description would make every such model look alike; its name is more telling.
+    return [descriptions[n].strip() or n for n in names]
+
+
+def _validation_split(n: int, fraction: float, rng: np.random.Generator) -> tuple[Any, Any]:
+    order = rng.permutation(n)
+    n_val = int(round(fraction * n)) if fraction > 0 and n >= 2 else 0
+    if fraction > 0 and n >= 2:
+        n_val = min(max(n_val, 1), n - 1)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+class RTRPredictor:
+    """Predicts, for each question, correctness and output length of every (model, strategy).
+
+    Build one with :meth:`train` or :meth:`load`; the constructor is for those two.
+
+    Attributes:
+        pairs: The (model, strategy) columns of every :class:`Prediction`, in order.
+        models: The models, in order of first appearance in ``pairs``.
+        strategies: The strategies, in order of first appearance in ``pairs``.
+        encoder: The question encoder (cached by default).
+        has_length_head: Whether output lengths are predicted.
+        config: The hyperparameters it was trained with.
+        length_scale: Training targets are ``log1p(tokens) / length_scale``.
+        summary: What happened in training.
+    """
+
+    def __init__(
+        self,
+        net: RTRNet,
+        *,
+        pairs: Sequence[Pair],
+        encoder: QuestionEncoder,
+        config: TrainConfig,
+        length_scale: float | None,
+        model_descriptions: Mapping[str, str],
+        strategy_descriptions: Mapping[str, str],
+        summary: TrainingSummary | None = None,
+    ) -> None:
+        self.net = net.eval()
+        self.pairs: list[Pair] = [(m, s) for m, s in pairs]
+        self.models: list[str] = _unique([m for m, _ in self.pairs])
+        self.strategies: list[str] = _unique([s for _, s in self.pairs])
+        self.encoder = encoder
+        self.config = config
+        self.length_scale = length_scale
+        self.model_descriptions = dict(model_descriptions)
+        self.strategy_descriptions = dict(strategy_descriptions)
+        self.summary = summary or TrainingSummary()
+        self._fast: _Scorer | None = None
+
+    @property
+    def has_length_head(self) -> bool:
+        """Whether output lengths are predicted (the training data had lengths)."""
+        return self.net.length is not None
+
+    @property
+    def question_dim(self) -> int:
+        """Size of the question vectors the heads take."""
+        return int(self.net.correctness.question.in_features)
+
+    # ------------------------------------------------------------------ training
+
+    @classmethod
+    def train(
+        cls,
+        train: OutcomeMatrix,
+        model_descriptions: Mapping[str, str],
+        strategy_descriptions: Mapping[str, str],
+        *,
+        encoder: QuestionEncoder | None = None,
+        config: TrainConfig | None = None,
+        progress: ProgressFn | None = None,
+    ) -> RTRPredictor:
+        """Train both heads on ``train``; a validation part is split off it by question.
+
+        Cells that are NaN (not observed) are left out of the losses. The length head is
+        trained on ``log1p(output_tokens)`` where tokens were observed, and not built at all when
+        ``train`` has no lengths.
+
+        Args:
+            train: Outcomes, one row per question, one column per pair.
+            model_descriptions: Model name to text description, for every model in ``train``.
+            strategy_descriptions: Strategy name to text description, likewise.
+            encoder: The question encoder; default :func:`default_encoder` (cached MiniLM).
+            config: Hyperparameters; default :class:`TrainConfig()`.
+            progress: Called after each epoch with ``(epoch, train_loss, validation_loss)``.
+
+        Returns:
+            The predictor with the weights of the best validation epoch.
+
+        Raises:
+            PredictorError: No pairs, no observed outcomes, or a description is missing.
+        """
+        config = config or TrainConfig()
+        if not train.pairs:
+            raise PredictorError("the training matrix has no (model, strategy) pairs")
+        n_pairs = len(train.pairs)
+        if train.score.shape != (len(train.questions), n_pairs):
+            raise PredictorError(
+                f"score has shape {train.score.shape}; expected "
+                f"({len(train.questions)}, {n_pairs}) for the matrix's questions and pairs"
+            )
+        pairs: list[Pair] = [(m, s) for m, s in train.pairs]
+        models = _unique([m for m, _ in pairs])
+        strategies = _unique([s for _, s in pairs])
+        model_texts = _description_texts(models, model_descriptions, "model")
+        strategy_texts = _description_texts(strategies, strategy_descriptions, "strategy")
+
+        score = np.asarray(train.score, np.float32)
+        observed = np.isfinite(score)
+        rows = np.flatnonzero(observed.any(axis=1))
+        if rows.size == 0:
+            raise PredictorError("the training matrix has no observed outcome")
+        tokens = np.asarray(train.output_tokens, np.float32)
+        has_lengths = bool(np.isfinite(tokens[rows]).any())
+
+        encoder = encoder if encoder is not None else default_encoder()
+        questions = encoder.encode([train.questions[i] for i in rows])
+        descriptions = encoder.encode(model_texts + strategy_texts)
+        dim = questions.shape[1]
+
+        length_scale: float | None = None
+        log_tokens = np.full((rows.size, n_pairs), np.nan, np.float32)
+        if has_lengths:
+            with np.errstate(invalid="ignore"):
+                log_tokens = np.log1p(np.maximum(tokens[rows], 0.0)).astype(np.float32)
+            mean_log = float(np.nanmean(log_tokens))
+            length_scale = mean_log if mean_log > 0 else 1.0
+
+        rng = np.random.default_rng(config.seed)
+        train_idx, val_idx = _validation_split(rows.size, config.validation_fraction, rng)
+        model_index = {m: i for i, m in enumerate(models)}
+        strategy_index = {s: i for i, s in enumerate(strategies)}
+
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching callers' RNG
+            torch.manual_seed(config.seed)
+            net = RTRNet(
+                torch.from_numpy(descriptions[: len(models)]),
+                torch.from_numpy(descriptions[len(models) :]),
+                torch.tensor([model_index[m] for m, _ in pairs]),
+                torch.tensor([strategy_index[s] for _, s in pairs]),
+                question_dim=dim,
+                learnable_dim=config.learnable_dim,
+                hidden=config.hidden,
+                length_head=has_lengths,
+                embedding_std=config.embedding_std,
+            )
+        with _torch_threads(config.num_threads):
+            summary = _fit(
+                net,
+                questions=torch.from_numpy(np.ascontiguousarray(questions)),
+                score=torch.from_numpy(score[rows]),
+                length=torch.from_numpy(log_tokens / length_scale) if length_scale else None,
+                train_idx=train_idx,
+                val_idx=val_idx,
+                config=config,
+                rng=rng,
+                progress=progress,
+            )
+        return cls(
+            net,
+            pairs=pairs,
+            encoder=encoder,
+            config=config,
+            length_scale=length_scale,
+            model_descriptions={m: model_descriptions[m] for m in models},
+            strategy_descriptions={s: strategy_descriptions[s] for s in strategies},
+            summary=summary,
+        )
+
+    # ---------------------------------------------------------------- prediction
+
+    def predict(self, questions: Sequence[str]) -> Prediction:
+        """Encode ``questions`` (through the encoder's cache) and score every pair."""
+        if isinstance(questions, str):
+            raise PredictorError("predict takes a sequence of questions, not one string")
+        return self.predict_embeddings(self.encoder.encode(list(questions)))
+
+    def predict_embeddings(self, embeddings: np.ndarray) -> Prediction:
+        """Score every pair for already-encoded questions ``[n, dim]`` (a single ``[dim]`` too).
+
+        Both heads' question blocks run as one matrix product over the whole batch; the
+        ``[n, P, hidden]`` part then runs in chunks small enough to stay in cache.
+        """
+        q = np.asarray(embeddings, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None, :]
+        if q.ndim != 2 or q.shape[1] != self.question_dim:
+            raise PredictorError(
+                f"embeddings have shape {q.shape}; expected (n, {self.question_dim})"
+            )
+        n, n_pairs = q.shape[0], len(self.pairs)
+        fast = self._scorer()
+        correctness = np.empty((n, n_pairs), np.float32)
+        length = np.empty((n, n_pairs), np.float32) if fast.length is not None else None
+        step = max(1, _SCORE_PAIRS_PER_CHUNK // max(n_pairs, 1))
+        with torch.inference_mode():
+            projected = torch.from_numpy(np.ascontiguousarray(q)) @ fast.question_weight
+            hidden = fast.correctness.bias.shape[1]
+            for start in range(0, n, step):
+                block = projected[start : start + step]
+                logits = fast.correctness.apply(block[:, :hidden])
+                correctness[start : start + step] = torch.sigmoid(logits).numpy()
+                if length is not None and fast.length is not None:
+                    raw = nn.functional.softplus(fast.length.apply(block[:, hidden:]))
+                    length[start : start + step] = torch.expm1(raw * fast.length_scale).numpy()
+        return Prediction(correctness=correctness, output_tokens=length)
+
+    def _scorer(self) -> _Scorer:
+        """Inference weights, computed once: they change only when the weights do."""
+        if self._fast is None:
+            self._fast = _Scorer.build(self.net, self.length_scale)
+        return self._fast
+
+    # -------------------------------------------------------------- checkpoints
+
+    def save(self, directory: str | Path) -> None:
+        """Write ``model.safetensors`` and ``config.json`` into ``directory`` (created if needed).
+
+        Each file is written to a temporary name and renamed, so a crash never leaves a torn
+        file behind. No pickle is involved.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().contiguous() for k, v in self.net.state_dict().items()}
+        inner = uncached(self.encoder)
+        encoder_info: dict[str, Any] = {"id": self.encoder.id, "dim": self.question_dim}
+        if isinstance(inner, SentenceTransformerEncoder) and inner.id != DEFAULT_ENCODER_ID:
+            encoder_info["name_or_path"] = inner._source or inner.name
+        config: dict[str, Any] = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "encoder": encoder_info,
+            "models": self.models,
+            "strategies": self.strategies,
+            "pairs": [list(p) for p in self.pairs],
+            "has_length_head": self.has_length_head,
+            "length_normalisation": (
+                {"target": "log1p(output_tokens) / scale", "scale": self.length_scale}
+                if self.has_length_head
+                else None
+            ),
+            "hyperparameters": asdict(self.config),
+            "model_descriptions": self.model_descriptions,
+            "strategy_descriptions": self.strategy_descriptions,
+            "training": {k: v for k, v in asdict(self.summary).items() if k != "history"},
+        }
+        _atomic_write(
+            directory / WEIGHTS_FILE,
+            lambda path: save_file(tensors, path, metadata={"format": FORMAT_NAME}),
+        )
+        text = json.dumps(config, indent=2, allow_nan=True)
+        _atomic_write(directory / CONFIG_FILE, lambda path: Path(path).write_text(text, "utf-8"))
+
+    @classmethod
+    def load(
+        cls,
+        directory: str | Path,
+        *,
+        encoder: QuestionEncoder | None = None,
+        expected_models: Sequence[str] | None = None,
+        expected_strategies: Sequence[str] | None = None,
+    ) -> RTRPredictor:
+        """Load a checkpoint written by :meth:`save`.
+
+        Args:
+            directory: The checkpoint directory.
+            encoder: The question encoder; default: rebuilt from the checkpoint (the cached
+                MiniLM, or the sentence-transformers model it names).
+            expected_models: If given, the checkpoint must cover exactly these models.
+            expected_strategies: If given, the checkpoint must cover exactly these strategies.
+
+        Raises:
+            CheckpointError: Files missing or malformed, another format version, other models or
+                strategies than expected, or an encoder whose id or size differ.
+        """
+        directory = Path(directory)
+        config = _read_config(directory)
+        version = config.get("format_version")
+        if config.get("format") != FORMAT_NAME or version != FORMAT_VERSION:
+            raise CheckpointError(
+                f"{directory / CONFIG_FILE}: format {config.get('format')!r} version {version!r}; "
+                f"expected format {FORMAT_NAME!r} version {FORMAT_VERSION}"
+            )
+        try:
+            models = [str(m) for m in config["models"]]
+            strategies = [str(s) for s in config["strategies"]]
+            pairs = [(str(m), str(s)) for m, s in config["pairs"]]
+            enc_id, enc_dim = str(config["encoder"]["id"]), int(config["encoder"]["dim"])
+            hyper = TrainConfig.from_dict(config["hyperparameters"])
+            has_length = bool(config["has_length_head"])
+            norm = config.get("length_normalisation") or {}
+            length_scale = float(norm["scale"]) if has_length else None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{directory / CONFIG_FILE}: malformed config ({exc!r})") from exc
+        _check_names("models", models, expected_models, directory)
+        _check_names("strategies", strategies, expected_strategies, directory)
+
+        if encoder is None:
+            encoder = _rebuild_encoder(config["encoder"], directory)
+        if encoder.id != enc_id:
+            raise CheckpointError(
+                f"checkpoint {directory} was trained with encoder {enc_id!r} (dim {enc_dim}); "
+                f"the encoder given is {encoder.id!r}"
+            )
+        if encoder.dim != enc_dim:
+            raise CheckpointError(
+                f"checkpoint {directory} expects {enc_dim}-d question vectors from {enc_id!r}; "
+                f"the encoder given makes {encoder.dim}-d vectors"
+            )
+
+        weights_path = directory / WEIGHTS_FILE
+        if not weights_path.is_file():
+            raise CheckpointError(f"checkpoint {directory} has no {WEIGHTS_FILE}")
+        try:
+            tensors = load_file(str(weights_path))
+        except Exception as exc:  # safetensors raises its own error types
+            raise CheckpointError(f"{weights_path}: unreadable safetensors ({exc})") from exc
+        model_index = {m: i for i, m in enumerate(models)}
+        strategy_index = {s: i for i, s in enumerate(strategies)}
+        unknown = [p for p in pairs if p[0] not in model_index or p[1] not in strategy_index]
+        if unknown:
+            raise CheckpointError(f"{directory / CONFIG_FILE}: pairs {unknown} name unknown names")
+        with torch.random.fork_rng(devices=[]):  # initial values are overwritten below
+            net = RTRNet(
+                torch.zeros(len(models), enc_dim),
+                torch.zeros(len(strategies), enc_dim),
+                torch.tensor([model_index[m] for m, _ in pairs], dtype=torch.long),
+                torch.tensor([strategy_index[s] for _, s in pairs], dtype=torch.long),
+                question_dim=enc_dim,
+                learnable_dim=hyper.learnable_dim,
+                hidden=hyper.hidden,
+                length_head=has_length,
+            )
+        try:
+            net.load_state_dict(tensors, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(
+                f"{weights_path}: tensors do not match {directory / CONFIG_FILE} ({exc})"
+            ) from exc
+        training = config.get("training") or {}
+        summary = TrainingSummary(
+            **{k: v for k, v in training.items() if k in TrainingSummary.__dataclass_fields__}
+        )
+        return cls(
+            net,
+            pairs=pairs,
+            encoder=encoder,
+            config=hyper,
+            length_scale=length_scale,
+            model_descriptions=config.get("model_descriptions") or {},
+            strategy_descriptions=config.get("strategy_descriptions") or {},
+            summary=summary,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"RTRPredictor({len(self.models)} models x {len(self.strategies)} strategies, "
+            f"{len(self.pairs)} pairs, encoder={self.encoder.id!r}, "
+            f"length_head={self.has_length_head})"
+        )
+
+
+@dataclass(frozen=True)
+class _HeadScorer:
+    """One head at inference: per-pair biases and the output layer, detached."""
+
+    bias: torch.Tensor  # [P, hidden]: W_p p + b for every pair
+    out_weight: torch.Tensor  # [hidden]
+    out_bias: float
+
+    def apply(self, projected: torch.Tensor) -> torch.Tensor:
+        """``[n, hidden]`` question blocks to raw outputs ``[n, P]``."""
+        hidden = projected.unsqueeze(1) + self.bias.unsqueeze(0)
+        return torch.relu_(hidden) @ self.out_weight + self.out_bias
+
+
+@dataclass(frozen=True)
+class _Scorer:
+    """Everything inference needs, precomputed from the network's weights."""
+
+    question_weight: torch.Tensor  # [d, hidden (+ hidden)]: both heads' W_q, side by side
+    correctness: _HeadScorer
+    length: _HeadScorer | None
+    length_scale: float
+
+    @classmethod
+    def build(cls, net: RTRNet, length_scale: float | None) -> _Scorer:
+        with torch.inference_mode():
+            correct_bias, length_bias = net.pair_biases()
+            heads = [net.correctness] + ([net.length] if net.length is not None else [])
+            weight = torch.cat([h.question.weight for h in heads]).t().contiguous()
+
+            def head(module: Any, bias: torch.Tensor) -> _HeadScorer:
+                return _HeadScorer(
+                    bias=bias.detach().contiguous(),
+                    out_weight=module.out.weight.detach()[0].contiguous(),
+                    out_bias=float(module.out.bias.detach()[0]),
+                )
+
+            length = None
+            if net.length is not None and length_bias is not None:
+                length = head(net.length, length_bias)
+            return cls(
+                question_weight=weight,
+                correctness=head(net.correctness, correct_bias),
+                length=length,
+                length_scale=float(length_scale or 1.0),
+            )
+
+
+def _masked_losses(
+    net: RTRNet,
+    questions: torch.Tensor,
+    score: torch.Tensor,
+    length: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Mean BCE over observed scores and mean squared error over observed lengths."""
+    logits, predicted_length = net(questions)
+    observed = torch.isfinite(score)
+    target = torch.where(observed, score, torch.zeros_like(score))
+    bce = nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    bce_mean = (bce * observed).sum() / observed.sum().clamp(min=1)
+    if length is None or predicted_length is None:
+        return bce_mean, None
+    has_len = torch.isfinite(length)
+    diff = torch.where(has_len, predicted_length - length, torch.zeros_like(length))
+    mse = (diff * diff).sum() / has_len.sum().clamp(min=1)
+    return bce_mean, mse
+
+
+def _fit(
+    net: RTRNet,
+    *,
+    questions: torch.Tensor,
+    score: torch.Tensor,
+    length: torch.Tensor | None,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    config: TrainConfig,
+    rng: np.random.Generator,
+    progress: ProgressFn | None,
+) -> TrainingSummary:
+    """Adam over batches of questions x all pairs; early stopping restores the best weights."""
+    # The fused kernel is several times faster on CPU: the step is memory-bound elementwise work
+    # over about a million weights per head, which dominates a small batch's forward/backward.
+    try:
+        optimiser = torch.optim.Adam(
+            net.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
+        )
+    except (RuntimeError, TypeError):  # an older torch without fused CPU Adam
+        optimiser = torch.optim.Adam(
+            net.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True
+        )
+    val_t = torch.from_numpy(val_idx)
+
+    def total(bce: torch.Tensor, mse: torch.Tensor | None) -> torch.Tensor:
+        return bce if mse is None else bce + config.length_weight * mse
+
+    summary = TrainingSummary(train_questions=len(train_idx), validation_questions=len(val_idx))
+    best_state: dict[str, torch.Tensor] | None = None
+    best_loss, stale = math.inf, 0
+    for epoch in range(1, config.max_epochs + 1):
+        net.train()
+        order = torch.from_numpy(rng.permutation(train_idx))
+        losses: list[float] = []
+        for batch in torch.split(order, config.batch_size):
+            optimiser.zero_grad(set_to_none=True)
+            lb = length[batch] if length is not None else None
+            loss = total(*_masked_losses(net, questions[batch], score[batch], lb))
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimiser.step()
+            losses.append(float(loss.detach()))
+        train_loss = float(np.mean(losses))
+        net.eval()
+        val_loss = math.nan
+        if len(val_idx):
+            with torch.no_grad():
+                lv = length[val_t] if length is not None else None
+                val_loss = float(total(*_masked_losses(net, questions[val_t], score[val_t], lv)))
+        summary.history.append((epoch, train_loss, val_loss))
+        summary.epochs = epoch
+        if progress is not None:
+            progress(epoch, train_loss, val_loss)
+        if not len(val_idx):
+            continue
+        if val_loss < best_loss - config.min_delta:
+            best_loss, stale = val_loss, 0
+            best_state = copy.deepcopy(net.state_dict())
+            summary.best_epoch, summary.best_validation_loss = epoch, val_loss
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    else:
+        summary.best_epoch = summary.epochs
+    net.eval()
+    return summary
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch threads, then restore the caller's setting."""
+    if n is None or n == torch.get_num_threads():
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _atomic_write(path: Path, write: Callable[[str], Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_config(directory: Path) -> dict[str, Any]:
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{directory} is not a predictor checkpoint: no {CONFIG_FILE}")
+    try:
+        config = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(config).__name__}")
+    return config
+
+
+def _check_names(
+    kind: str, found: Sequence[str], expected: Sequence[str] | None, directory: Path
+) -> None:
+    if expected is None or set(found) == set(expected):
+        return
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    raise CheckpointError(
+        f"checkpoint {directory} was trained for {kind} {list(found)}; expected "
+        f"{list(expected)} (missing {missing}, unexpected {extra})"
+    )
+
+
+def _rebuild_encoder(info: Mapping[str, Any], directory: Path) -> QuestionEncoder:
+    enc_id = str(info.get("id"))
+    if enc_id == DEFAULT_ENCODER_ID:
+        return default_encoder()
+    source = info.get("name_or_path")
+    if source and enc_id.startswith("sentence-transformers:"):
+        return CachedEncoder(SentenceTransformerEncoder(str(source), encoder_id=enc_id))
+    raise CheckpointError(
+        f"checkpoint {directory} was trained with encoder {enc_id!r}, which cannot be rebuilt "
+        "from the checkpoint; pass encoder= to load()"
+    )

@@ -1,0 +1,111 @@
+"""Train-and-evaluate recipes shared by the CLI, the demo, the benchmarks and the examples.
+
+Each function is a few lines of glue over the data, predictor, routing and evaluation layers, so
+that "the held-out part of a set" and "a router trained on a set" mean the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from langchain_rtr.data.bundled import list_bundled, load_bundled
+from langchain_rtr.data.io import load_routing_set
+from langchain_rtr.data.matrix import OutcomeMatrix, RoutingSet
+from langchain_rtr.errors import ConfigError
+from langchain_rtr.evaluation import EvaluationReport, evaluate_router
+from langchain_rtr.predictor import QuestionEncoder, RTRPredictor, TrainConfig
+from langchain_rtr.routing import CostUnit, RTRRouter
+
+TRAINING_INFO = "training.json"
+
+
+@dataclass(frozen=True)
+class TrainingInfo:
+    """How a saved router was trained, so `rtr eval` can rebuild the very same held-out part."""
+
+    data: str
+    test_fraction: float
+    split_seed: int
+    cost_unit: str
+
+
+def load_data(source: str) -> RoutingSet:
+    """A bundled set by name, or a routing-set directory written by ``save_routing_set``."""
+    if source in list_bundled():
+        return load_bundled(source)
+    path = Path(source)
+    if path.is_dir():
+        return load_routing_set(path)
+    raise ConfigError(
+        f"data {source!r} is neither a bundled set ({', '.join(list_bundled())}) "
+        "nor a routing-set directory (records.parquet + models.json + strategies.json)"
+    )
+
+
+def split(
+    routing_set: RoutingSet, *, test_fraction: float = 0.2, seed: int = 0
+) -> tuple[OutcomeMatrix, OutcomeMatrix]:
+    """(train, test) parts by question; the same seed always gives the same parts."""
+    if not 0.0 < test_fraction < 1.0:
+        raise ConfigError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    train, test = routing_set.matrix().split([1.0 - test_fraction, test_fraction], seed=seed)
+    return train, test
+
+
+def default_cost_unit(routing_set: RoutingSet) -> CostUnit:
+    """Dollars when the set's models have prices, else output tokens."""
+    priced = any(m.input_price > 0 or m.output_price > 0 for m in routing_set.models.values())
+    return "usd" if priced else "tokens"
+
+
+def fit_router(
+    routing_set: RoutingSet,
+    train: OutcomeMatrix,
+    *,
+    encoder: QuestionEncoder | None = None,
+    config: TrainConfig | None = None,
+    cost_unit: CostUnit | None = None,
+    progress: Callable[[int, float, float], None] | None = None,
+) -> RTRRouter:
+    """Train the predictor on ``train`` and wrap it in a router with a fitted cost scale."""
+    predictor = RTRPredictor.train(
+        train,
+        {name: spec.description for name, spec in routing_set.models.items()},
+        routing_set.strategies,
+        encoder=encoder,
+        config=config,
+        progress=progress,
+    )
+    router = RTRRouter(
+        predictor, routing_set.models, cost_unit=cost_unit or default_cost_unit(routing_set)
+    )
+    router.fit_cost_scale(train.questions)
+    return router
+
+
+def save_training_info(directory: str | Path, info: TrainingInfo) -> None:
+    """Write ``training.json`` next to a saved router."""
+    Path(directory, TRAINING_INFO).write_text(json.dumps(asdict(info), indent=2) + "\n")
+
+
+def load_training_info(directory: str | Path) -> TrainingInfo | None:
+    """Read ``training.json`` of a saved router, if it has one."""
+    path = Path(directory, TRAINING_INFO)
+    if not path.exists():
+        return None
+    try:
+        raw: dict[str, Any] = json.loads(path.read_text())
+        return TrainingInfo(**raw)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{path}: not a valid training record ({exc})") from exc
+
+
+def evaluate(
+    router: RTRRouter, train: OutcomeMatrix, test: OutcomeMatrix, *, name: str = ""
+) -> EvaluationReport:
+    """RTR against every single pair, random, KNN and the oracle on ``test``."""
+    return evaluate_router(router, test, train, name=name)

@@ -1,0 +1,273 @@
+"""Real model servers for the integration tests: two vLLM CPU servers with SmolLM2-135M-Instruct.
+
+Two endpoints (``smol-a``, ``smol-b``: same weights, different names and prices) because routing
+and fallback need more than one. They start once per session and take about a minute and 8 GB
+of RAM together (docs/serving.md).
+
+Needs ``scripts/setup_vllm_cpu.sh`` to have been run (it builds ``.venv-vllm`` and
+``.cache/models/SmolLM2-135M-Instruct``). Without them the tests fail and say so, unless
+``RTR_SKIP_INTEGRATION=1`` is set, in which case they are skipped.
+
+Environment:
+    RTR_VLLM_PYTHON: interpreter with vLLM (default ``<repo>/.venv-vllm/bin/python``).
+    RTR_MODEL_DIR: the converted model (default ``<repo>/.cache/models/SmolLM2-135M-Instruct``).
+    RTR_INTEGRATION_SEQUENTIAL_START=1: start the servers one after the other (default: at once,
+        which measured faster on 2 cores; see docs/serving.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from langchain_rtr.serving import ServerGroup, VLLMServer, free_port
+from langchain_rtr.specs import ModelSpec
+
+REPO = Path(__file__).resolve().parents[2]
+VLLM_PYTHON = Path(os.environ.get("RTR_VLLM_PYTHON", REPO / ".venv-vllm" / "bin" / "python"))
+MODEL_DIR = Path(
+    os.environ.get("RTR_MODEL_DIR", REPO / ".cache" / "models" / "SmolLM2-135M-Instruct")
+)
+SETUP_HINT = "run scripts/setup_vllm_cpu.sh (or set RTR_SKIP_INTEGRATION=1 to skip these tests)"
+
+#: vLLM settings for CPU: fp32, small KV cache, no graph capture (docs/serving.md).
+CPU_SERVER_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
+CPU_SERVER_KW: dict[str, object] = {
+    "dtype": "float32",
+    "max_model_len": 2048,
+    "enforce_eager": True,
+}
+
+#: name -> (description, $/M input, $/M output)
+SMOL_MODELS: dict[str, tuple[str, float, float]] = {
+    "smol-a": ("SmolLM2 135M instruct, cheap endpoint; one-step questions only.", 0.01, 0.02),
+    "smol-b": ("SmolLM2 135M instruct, pricier endpoint; one-step questions only.", 0.05, 0.10),
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark everything under tests/integration `integration` (and let it use loopback sockets)."""
+    here = Path(__file__).parent
+    socket_plugin = config.pluginmanager.hasplugin("socket") or config.pluginmanager.hasplugin(
+        "pytest_socket"
+    )
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.integration)
+            if socket_plugin:
+                item.add_marker(pytest.mark.enable_socket)
+
+
+def require_vllm_setup() -> None:
+    """Fail (or skip with RTR_SKIP_INTEGRATION=1) unless the CPU vLLM venv and model exist."""
+    missing = []
+    if not VLLM_PYTHON.is_file():
+        missing.append(f"vLLM python {VLLM_PYTHON}")
+    if not (MODEL_DIR / "config.json").is_file():
+        missing.append(f"model dir {MODEL_DIR}")
+    if not missing:
+        return
+    message = f"missing {' and '.join(missing)}: {SETUP_HINT}"
+    if os.environ.get("RTR_SKIP_INTEGRATION") == "1":
+        pytest.skip(message)
+    pytest.fail(message, pytrace=False)
+
+
+def core_binding(index: int, count: int) -> dict[str, str]:
+    """Pin server ``index`` of ``count`` to its own share of the cores.
+
+    Left alone, every vLLM CPU server binds its worker to the same first core (and keeps one in
+    reserve), so two servers would share one core while the other idles.
+    """
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < count or cores != list(range(cores[0], cores[0] + len(cores))):
+        return {}
+    share = len(cores) // count
+    lo = cores[0] + index * share
+    hi = lo + share - 1
+    return {"VLLM_CPU_OMP_THREADS_BIND": str(lo) if lo == hi else f"{lo}-{hi}"}
+
+
+def make_cpu_server(
+    served_name: str, log_dir: Path, port: int | None = None, env: dict[str, str] | None = None
+) -> VLLMServer:
+    """A SmolLM2 CPU server (not started) on a free loopback port."""
+    return VLLMServer(
+        str(MODEL_DIR),
+        served_name=served_name,
+        port=port or free_port(),
+        python=str(VLLM_PYTHON),
+        env={**CPU_SERVER_ENV, **(env or {})},
+        log_path=log_dir / f"{served_name}.log",
+        startup_timeout=600.0,
+        **CPU_SERVER_KW,  # type: ignore[arg-type]
+    )
+
+
+@dataclass
+class SmolServers:
+    """The two running servers and the router's view of them."""
+
+    group: ServerGroup
+    specs: dict[str, ModelSpec]
+
+    @property
+    def servers(self) -> dict[str, VLLMServer]:
+        return self.group.servers
+
+    @property
+    def base_urls(self) -> dict[str, str]:
+        return {name: s.base_url for name, s in self.group.servers.items()}
+
+    def spec_list(self) -> list[ModelSpec]:
+        return list(self.specs.values())
+
+
+@pytest.fixture(scope="session")
+def vllm_log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the servers write their logs (kept after the run by pytest's tmp retention)."""
+    return tmp_path_factory.mktemp("vllm-logs")
+
+
+@pytest.fixture(scope="session")
+def smol_servers(vllm_log_dir: Path) -> Iterator[SmolServers]:
+    """Two real vLLM CPU servers, ``smol-a`` and ``smol-b``, for the whole session.
+
+    Started at once (faster than one after the other, even on 2 cores), each pinned to its own
+    share of the cores (docs/serving.md).
+    """
+    require_vllm_setup()
+    servers = {
+        name: make_cpu_server(name, vllm_log_dir, env=core_binding(i, len(SMOL_MODELS)))
+        for i, name in enumerate(SMOL_MODELS)
+    }
+    concurrent = os.environ.get("RTR_INTEGRATION_SEQUENTIAL_START") != "1"
+    group = ServerGroup(servers, concurrent=concurrent)
+    group.start_all()
+    specs = {
+        name: ModelSpec(
+            name=name,
+            description=description,
+            input_price=input_price,
+            output_price=output_price,
+            base_url=servers[name].base_url,
+            served_name=name,
+            api_key="EMPTY",
+            max_tokens=256,
+            reasoning=False,
+        )
+        for name, (description, input_price, output_price) in SMOL_MODELS.items()
+    }
+    try:
+        yield SmolServers(group=group, specs=specs)
+    finally:
+        group.stop_all()
+
+
+@pytest.fixture(scope="session")
+def smol_specs(smol_servers: SmolServers) -> list[ModelSpec]:
+    """The :class:`ModelSpec` of each running server (base_url, served_name, prices set)."""
+    return smol_servers.spec_list()
+
+
+class ServerControl:
+    """Stop and restart the session's servers from inside a test (for fallback tests)."""
+
+    def __init__(self, servers: SmolServers) -> None:
+        self._servers = servers
+        self.stopped: set[str] = set()
+        self.paused: set[str] = set()
+
+    def stop(self, name: str) -> None:
+        """Stop one server; calls to it now fail with a connection error."""
+        self._servers.servers[name].stop(grace=10.0)
+        self.stopped.add(name)
+
+    def start(self, name: str) -> float:
+        """Start a stopped server again on the same port; returns seconds until healthy."""
+        seconds = self._servers.group.restart(name)
+        self.stopped.discard(name)
+        return seconds
+
+    def pause(self, name: str) -> None:
+        """Freeze a server (SIGSTOP to its group): calls to it hang until they time out.
+
+        Cheaper than stop/start (no 40-80 s restart) and the other failure mode a fallback must
+        handle: a server that accepts connections but never answers.
+        """
+        pid = self._servers.servers[name].pid
+        assert pid is not None, f"{name} is not running"
+        os.killpg(pid, signal.SIGSTOP)
+        self.paused.add(name)
+
+    def resume(self, name: str) -> None:
+        """Unfreeze a server paused with :meth:`pause`."""
+        pid = self._servers.servers[name].pid
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGCONT)
+        self.paused.discard(name)
+
+    def ensure_all_running(self) -> None:
+        """Bring back whatever a test paused, stopped (or crashed), so later tests see both."""
+        for name in list(self.paused):
+            self.resume(name)
+        for name, server in self._servers.servers.items():
+            if name in self.stopped or not server.is_running():
+                self.start(name)
+
+
+@pytest.fixture
+def server_control(smol_servers: SmolServers) -> Iterator[ServerControl]:
+    """Stop/restart servers mid-test; every stopped server is restarted after the test."""
+    control = ServerControl(smol_servers)
+    try:
+        yield control
+    finally:
+        control.ensure_all_running()
+
+
+@pytest.fixture
+def dead_endpoint_spec() -> ModelSpec:
+    """A spec whose base URL has nothing listening (connection refused): the cheapest outage.
+
+    No server needed, so fallback tests that only need "this model is down" should use it
+    rather than stopping a real server.
+    """
+    return ModelSpec(
+        name="dead",
+        description="An endpoint that is down.",
+        input_price=0.001,
+        output_price=0.001,
+        base_url=f"http://127.0.0.1:{free_port()}/v1",
+        served_name="dead",
+        api_key="EMPTY",
+        max_tokens=64,
+    )
+
+
+ServerFactory = Callable[..., VLLMServer]
+
+
+@pytest.fixture
+def cpu_server_factory(vllm_log_dir: Path) -> Iterator[ServerFactory]:
+    """Make extra (unstarted) SmolLM2 servers; any left running are stopped after the test."""
+    require_vllm_setup()
+    made: list[VLLMServer] = []
+
+    def factory(served_name: str = "smol-extra", port: int | None = None) -> VLLMServer:
+        server = make_cpu_server(served_name, vllm_log_dir, port)
+        made.append(server)
+        return server
+
+    try:
+        yield factory
+    finally:
+        for server in made:
+            server.stop()
