@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from langchain_rtr.data.bundled import list_bundled, load_bundled
 from langchain_rtr.data.io import load_routing_set
 from langchain_rtr.data.matrix import OutcomeMatrix, RoutingSet
@@ -31,6 +33,7 @@ class TrainingInfo:
     test_fraction: float
     split_seed: int
     cost_unit: str
+    max_questions: int | None = None
 
 
 def load_data(source: str) -> RoutingSet:
@@ -47,12 +50,23 @@ def load_data(source: str) -> RoutingSet:
 
 
 def split(
-    routing_set: RoutingSet, *, test_fraction: float = 0.2, seed: int = 0
+    routing_set: RoutingSet,
+    *,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    max_questions: int | None = None,
 ) -> tuple[OutcomeMatrix, OutcomeMatrix]:
-    """(train, test) parts by question; the same seed always gives the same parts."""
+    """(train, test) parts by question; the same seed always gives the same parts.
+
+    ``max_questions`` first keeps a seeded sample of that many questions, for quick runs.
+    """
     if not 0.0 < test_fraction < 1.0:
         raise ConfigError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    train, test = routing_set.matrix().split([1.0 - test_fraction, test_fraction], seed=seed)
+    matrix = routing_set.matrix()
+    if max_questions is not None and 0 < max_questions < len(matrix):
+        keep = np.random.default_rng(seed).choice(len(matrix), max_questions, replace=False)
+        matrix = matrix.subset(np.sort(keep))
+    train, test = matrix.split([1.0 - test_fraction, test_fraction], seed=seed)
     return train, test
 
 

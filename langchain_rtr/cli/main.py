@@ -30,7 +30,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+# Rich falls back to 80 columns when not on a terminal, which truncates model names in tables.
+console = Console(width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True)
 
 DEFAULT_OUT = Path("rtr-out")
@@ -73,15 +74,23 @@ def _epoch_progress(max_epochs: int) -> tuple[Progress, Any]:
     return progress, on_epoch
 
 
-def _train(data: str, test_fraction: float, seed: int, cost_unit: str | None) -> Any:
-    """Load, split, encode and train, with progress on stderr; returns (set, router, train, test)."""
+def _train(
+    data: str,
+    test_fraction: float,
+    seed: int,
+    cost_unit: str | None,
+    max_questions: int | None = None,
+) -> Any:
+    """Load, split, encode and train with progress on stderr: (set, router, train, test)."""
     from langchain_rtr.predictor import TrainConfig
     from langchain_rtr.workflow import fit_router, load_data, split
 
     started = time.perf_counter()
     with err_console.status(f"loading {data}"):
         routing_set = load_data(data)
-        train, test = split(routing_set, test_fraction=test_fraction, seed=seed)
+        train, test = split(
+            routing_set, test_fraction=test_fraction, seed=seed, max_questions=max_questions
+        )
     err_console.print(
         f"[dim]{routing_set.name}: {len(train) + len(test)} questions, "
         f"{len(train.pairs)} pairs; {len(train)} to train, {len(test)} held out[/dim]"
@@ -118,9 +127,7 @@ def _print_report(report: Any, plot: Path | None, json_out: Path | None) -> None
         console.print(f"report: {json_out}")
 
 
-def _policy(
-    lam: float | None, max_tokens: int | None, floor: float | None
-) -> Policy | None:
+def _policy(lam: float | None, max_tokens: int | None, floor: float | None) -> Policy | None:
     from langchain_rtr.routing import AccuracyFloor, TokenBudget, Tradeoff
 
     chosen = [x is not None for x in (lam, max_tokens, floor)]
@@ -148,7 +155,7 @@ def _parse_pairs(allow: list[str] | None) -> list[Any] | None:
 def _print_decision(router: Any, question: str, policy: Any, allowed: Any) -> dict[str, Any]:
     table = router.table(question)
     decision = router.decide(router.tables([question]), policy, allowed)[0]
-    console.print(f"\n[bold]{question}[/bold]")
+    console.print()
     console.print(table)
     if decision.model is None:
         console.print(f"decision: [red]no pair chosen[/red] ({decision.status})")
@@ -180,9 +187,7 @@ def train(
 
     routing_set, router, _, _ = _train(data, test_fraction, seed, cost_unit)
     router.save(out)
-    save_training_info(
-        out, TrainingInfo(data, test_fraction, seed, str(router.cost_unit))
-    )
+    save_training_info(out, TrainingInfo(data, test_fraction, seed, str(router.cost_unit)))
     console.print(f"router saved to {out} ({routing_set.name}, {len(router.pairs)} pairs)")
 
 
@@ -211,7 +216,12 @@ def eval_(
     router = RTRRouter.load(router_dir)
     routing_set = load_data(data or info.data)  # type: ignore[union-attr]
     if info is not None and (data is None or data == info.data):
-        train_part, test = split(routing_set, test_fraction=info.test_fraction, seed=info.split_seed)
+        train_part, test = split(
+            routing_set,
+            test_fraction=info.test_fraction,
+            seed=info.split_seed,
+            max_questions=info.max_questions,
+        )
     else:
         # Another set: every question is unseen, and KNN's neighbours come from the set itself.
         train_part, test = split(routing_set, test_fraction=0.5, seed=0)
@@ -252,18 +262,28 @@ def demo(
     data: DataOpt = "llmrouter",
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = DEFAULT_OUT,
     seed: SeedOpt = 0,
+    max_questions: Annotated[
+        int,
+        typer.Option(
+            help="Use a seeded sample of this many questions (0: all). Encoding every question "
+            "of the default set takes minutes on 2 cores; `rtr train` uses all by default."
+        ),
+    ] = 3000,
 ) -> None:
     """Train on a bundled set, compare RTR with the baselines, plot, and route examples."""
     from langchain_rtr.workflow import TrainingInfo, evaluate, save_training_info
 
     started = time.perf_counter()
-    routing_set, router, train_part, test = _train(data, 0.2, seed, None)
+    sample = max_questions or None
+    routing_set, router, train_part, test = _train(data, 0.2, seed, None, sample)
     with err_console.status("evaluating against the baselines"):
         report = evaluate(router, train_part, test, name=routing_set.name)
     _print_report(report, out / f"{routing_set.name}-curve.png", out / f"{routing_set.name}.json")
     router_dir = out / "router"
     router.save(router_dir)
-    save_training_info(router_dir, TrainingInfo(data, 0.2, seed, str(router.cost_unit)))
+    save_training_info(
+        router_dir, TrainingInfo(data, 0.2, seed, str(router.cost_unit), max_questions=sample)
+    )
     console.print(f"router: {router_dir}")
     console.rule("routing a few questions")
     for question in DEMO_QUESTIONS:
@@ -367,6 +387,7 @@ def bundled() -> None:
 def main() -> None:
     """Entry point: run the app, turning any error into one clear line."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own progress is shown instead
     try:
         app(standalone_mode=False)
     except typer.Exit as exc:
@@ -384,6 +405,10 @@ def main() -> None:
         if isinstance(exc, click.ClickException):
             exc.show(file=sys.stderr)
             sys.exit(exc.exit_code)
-        message = str(exc) or repr(exc)
-        err_console.print(f"[red]error:[/red] {type(exc).__name__}: {message}", highlight=False)
+        from rich.markup import escape
+
+        message = escape(str(exc) or repr(exc))
+        err_console.print(
+            f"[red]error:[/red] {type(exc).__name__}: {message}", highlight=False, soft_wrap=True
+        )
         sys.exit(1)

@@ -1,4 +1,10 @@
-"""The RTR predictor: question encoder, the two-headed network, training and checkpoints."""
+"""The RTR predictor: question encoder, the two-headed network, training and checkpoints.
+
+Importing this package does not import torch: the network classes (``RTRNet``,
+``FactorisedHead``) load on first access, and inference runs in numpy.
+"""
+
+from typing import TYPE_CHECKING, Any
 
 from langchain_rtr.predictor.encoder import (
     DEFAULT_ENCODER_ID,
@@ -8,7 +14,9 @@ from langchain_rtr.predictor.encoder import (
     default_cache_dir,
     default_encoder,
 )
-from langchain_rtr.predictor.model import FactorisedHead, RTRNet
+
+if TYPE_CHECKING:
+    from langchain_rtr.predictor.model import FactorisedHead, RTRNet
 from langchain_rtr.predictor.predictor import (
     FORMAT_VERSION,
     CheckpointError,
@@ -36,3 +44,11 @@ __all__ = [
     "default_cache_dir",
     "default_encoder",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("FactorisedHead", "RTRNet"):
+        from langchain_rtr.predictor import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

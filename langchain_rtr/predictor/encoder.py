@@ -345,10 +345,18 @@ class CachedEncoder:
         return f"CachedEncoder({self.inner!r}, cache={str(self.path)!r})"
 
 
-def default_encoder(cache: bool = True) -> QuestionEncoder:
-    """The bundled all-MiniLM-L6-v2 (offline), behind the on-disk cache unless ``cache=False``."""
-    encoder: QuestionEncoder = SentenceTransformerEncoder()
-    return CachedEncoder(encoder) if cache else encoder
+def default_encoder(cache: bool = True, backend: str | None = None) -> QuestionEncoder:
+    """The bundled all-MiniLM-L6-v2 (offline), behind the on-disk cache unless ``cache=False``.
+
+    Args:
+        cache: Wrap in :class:`CachedEncoder`.
+        backend: What runs it: ``"sentence-transformers"``, ``"onnx"``, ``"onnx-int8"`` or
+            ``"static"``; default ``$RTR_ENCODER_BACKEND``, else sentence-transformers. See
+            :mod:`langchain_rtr.predictor.backends`.
+    """
+    from langchain_rtr.predictor.backends import make_encoder
+
+    return make_encoder(backend, cache=cache)
 
 
 def uncached(encoder: QuestionEncoder) -> QuestionEncoder:

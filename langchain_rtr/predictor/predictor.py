@@ -2,6 +2,11 @@
 
 The predictor knows nothing of LangChain: it maps question texts to a correctness probability
 and an output-length estimate for every (model, strategy) pair; policies live elsewhere.
+
+torch is imported only to train, to build the torch network (``.net``) or to score large
+batches when it is already loaded: loading a checkpoint (``safetensors.numpy``) and scoring
+(:mod:`~langchain_rtr.predictor.scoring`) run in numpy, so a routing process with a torch-free
+encoder (ONNX, static) never imports torch.
 """
 
 from __future__ import annotations
@@ -11,16 +16,15 @@ import copy
 import json
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
+from safetensors.numpy import load_file, save_file
 
 from langchain_rtr.data.matrix import OutcomeMatrix
 from langchain_rtr.predictor.encoder import (
@@ -31,7 +35,12 @@ from langchain_rtr.predictor.encoder import (
     default_encoder,
     uncached,
 )
-from langchain_rtr.predictor.model import RTRNet
+from langchain_rtr.predictor.scoring import NumpyScorer, ScoringError
+
+if TYPE_CHECKING:
+    import torch
+
+    from langchain_rtr.predictor.model import RTRNet
 
 FORMAT_NAME = "langchain-rtr-predictor"
 FORMAT_VERSION = 1
@@ -41,6 +50,9 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
 _SCORE_PAIRS_PER_CHUNK = 2_048  # keeps each [n, P, hidden] block (6 MB at hidden 768) in cache
+NUMPY_SCORING_MAX_ROWS = 4_096
+"""Batches of up to this many question x pair rows are scored in numpy even when torch is
+loaded: one BLAS call beats torch's per-op dispatch and thread split for live routing."""
 
 Pair = tuple[str, str]
 ProgressFn = Callable[[int, float, float], None]
@@ -204,7 +216,7 @@ class RTRPredictor:
 
     def __init__(
         self,
-        net: RTRNet,
+        net: RTRNet | None,
         *,
         pairs: Sequence[Pair],
         encoder: QuestionEncoder,
@@ -213,8 +225,12 @@ class RTRPredictor:
         model_descriptions: Mapping[str, str],
         strategy_descriptions: Mapping[str, str],
         summary: TrainingSummary | None = None,
+        state: Mapping[str, np.ndarray] | None = None,
     ) -> None:
-        self.net = net.eval()
+        if net is None and state is None:
+            raise PredictorError("RTRPredictor needs the network or its state dict")
+        self._net = net.eval() if net is not None else None
+        self._state: dict[str, np.ndarray] | None = dict(state) if state is not None else None
         self.pairs: list[Pair] = [(m, s) for m, s in pairs]
         self.models: list[str] = _unique([m for m, _ in self.pairs])
         self.strategies: list[str] = _unique([s for _, s in self.pairs])
@@ -225,16 +241,38 @@ class RTRPredictor:
         self.strategy_descriptions = dict(strategy_descriptions)
         self.summary = summary or TrainingSummary()
         self._fast: _Scorer | None = None
+        self._numpy: NumpyScorer | None = None
+
+    @property
+    def net(self) -> RTRNet:
+        """The torch network (built from the loaded weights on first use; imports torch)."""
+        if self._net is None:
+            assert self._state is not None
+            self._net = _net_from_state(self._state, self.pairs, self.config)
+        return self._net
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The weights as numpy arrays, keyed like ``RTRNet.state_dict()``."""
+        if self._net is not None:
+            return {k: v.detach().cpu().numpy() for k, v in self._net.state_dict().items()}
+        assert self._state is not None
+        return dict(self._state)
 
     @property
     def has_length_head(self) -> bool:
         """Whether output lengths are predicted (the training data had lengths)."""
-        return self.net.length is not None
+        if self._net is not None:
+            return self._net.length is not None
+        assert self._state is not None
+        return "length.out.weight" in self._state
 
     @property
     def question_dim(self) -> int:
         """Size of the question vectors the heads take."""
-        return int(self.net.correctness.question.in_features)
+        if self._net is not None:
+            return int(self._net.correctness.question.in_features)
+        assert self._state is not None
+        return int(self._state["correctness.question.weight"].shape[1])
 
     # ------------------------------------------------------------------ training
 
@@ -269,6 +307,10 @@ class RTRPredictor:
         Raises:
             PredictorError: No pairs, no observed outcomes, or a description is missing.
         """
+        import torch
+
+        from langchain_rtr.predictor.model import RTRNet
+
         config = config or TrainConfig()
         if not train.pairs:
             raise PredictorError("the training matrix has no (model, strategy) pairs")
@@ -368,6 +410,12 @@ class RTRPredictor:
                 f"embeddings have shape {q.shape}; expected (n, {self.question_dim})"
             )
         n, n_pairs = q.shape[0], len(self.pairs)
+        if self._net is None or "torch" not in sys.modules or n * n_pairs <= NUMPY_SCORING_MAX_ROWS:
+            correct_np, length_np = self._numpy_scorer().score(q)
+            return Prediction(correctness=correct_np, output_tokens=length_np)
+        import torch
+        from torch import nn
+
         fast = self._scorer()
         correctness = np.empty((n, n_pairs), np.float32)
         length = np.empty((n, n_pairs), np.float32) if fast.length is not None else None
@@ -390,6 +438,33 @@ class RTRPredictor:
             self._fast = _Scorer.build(self.net, self.length_scale)
         return self._fast
 
+    def _numpy_scorer(self) -> NumpyScorer:
+        """The torch-free scorer, built once from the weights."""
+        if self._numpy is None:
+            self._numpy = NumpyScorer.from_state_dict(self.state_dict(), self.length_scale)
+        return self._numpy
+
+    def retrain(
+        self,
+        train: OutcomeMatrix,
+        *,
+        encoder: QuestionEncoder | None = None,
+        progress: ProgressFn | None = None,
+    ) -> RTRPredictor:
+        """A new predictor trained like this one (same hyperparameters and descriptions).
+
+        Used to move a predictor to another encoder: question vectors of two encoders are not
+        interchangeable, so the heads are trained again on ``train`` with ``encoder``.
+        """
+        return type(self).train(
+            train,
+            self.model_descriptions,
+            self.strategy_descriptions,
+            encoder=encoder if encoder is not None else self.encoder,
+            config=self.config,
+            progress=progress,
+        )
+
     # -------------------------------------------------------------- checkpoints
 
     def save(self, directory: str | Path) -> None:
@@ -400,7 +475,7 @@ class RTRPredictor:
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().contiguous() for k, v in self.net.state_dict().items()}
+        tensors = {k: np.ascontiguousarray(v) for k, v in self.state_dict().items()}
         inner = uncached(self.encoder)
         encoder_info: dict[str, Any] = {"id": self.encoder.id, "dim": self.question_dim}
         if isinstance(inner, SentenceTransformerEncoder) and inner.id != DEFAULT_ENCODER_ID:
@@ -438,19 +513,30 @@ class RTRPredictor:
         encoder: QuestionEncoder | None = None,
         expected_models: Sequence[str] | None = None,
         expected_strategies: Sequence[str] | None = None,
+        retrain_on: OutcomeMatrix | None = None,
+        progress: ProgressFn | None = None,
     ) -> RTRPredictor:
         """Load a checkpoint written by :meth:`save`.
+
+        Loading never imports torch: the weights are read as numpy arrays and scored in numpy
+        until something needs the torch network.
 
         Args:
             directory: The checkpoint directory.
             encoder: The question encoder; default: rebuilt from the checkpoint (the cached
-                MiniLM, or the sentence-transformers model it names).
+                MiniLM in the backend it was trained with, or the sentence-transformers model
+                it names).
             expected_models: If given, the checkpoint must cover exactly these models.
             expected_strategies: If given, the checkpoint must cover exactly these strategies.
+            retrain_on: Training data to use when ``encoder`` is not the one the checkpoint was
+                trained with: the heads are then trained again on it with ``encoder`` (same
+                hyperparameters and descriptions) instead of refusing.
+            progress: Epoch callback of that retraining.
 
         Raises:
             CheckpointError: Files missing or malformed, another format version, other models or
-                strategies than expected, or an encoder whose id or size differ.
+                strategies than expected, or an encoder whose id or size differ (without
+                ``retrain_on``).
         """
         directory = Path(directory)
         config = _read_config(directory)
@@ -474,54 +560,67 @@ class RTRPredictor:
         _check_names("models", models, expected_models, directory)
         _check_names("strategies", strategies, expected_strategies, directory)
 
-        if encoder is None:
-            encoder = _rebuild_encoder(config["encoder"], directory)
-        if encoder.id != enc_id:
-            raise CheckpointError(
-                f"checkpoint {directory} was trained with encoder {enc_id!r} (dim {enc_dim}); "
-                f"the encoder given is {encoder.id!r}"
-            )
-        if encoder.dim != enc_dim:
-            raise CheckpointError(
-                f"checkpoint {directory} expects {enc_dim}-d question vectors from {enc_id!r}; "
-                f"the encoder given makes {encoder.dim}-d vectors"
-            )
-
         weights_path = directory / WEIGHTS_FILE
         if not weights_path.is_file():
             raise CheckpointError(f"checkpoint {directory} has no {WEIGHTS_FILE}")
-        try:
-            tensors = load_file(str(weights_path))
-        except Exception as exc:  # safetensors raises its own error types
-            raise CheckpointError(f"{weights_path}: unreadable safetensors ({exc})") from exc
         model_index = {m: i for i, m in enumerate(models)}
         strategy_index = {s: i for i, s in enumerate(strategies)}
         unknown = [p for p in pairs if p[0] not in model_index or p[1] not in strategy_index]
         if unknown:
             raise CheckpointError(f"{directory / CONFIG_FILE}: pairs {unknown} name unknown names")
-        with torch.random.fork_rng(devices=[]):  # initial values are overwritten below
-            net = RTRNet(
-                torch.zeros(len(models), enc_dim),
-                torch.zeros(len(strategies), enc_dim),
-                torch.tensor([model_index[m] for m, _ in pairs], dtype=torch.long),
-                torch.tensor([strategy_index[s] for _, s in pairs], dtype=torch.long),
-                question_dim=enc_dim,
-                learnable_dim=hyper.learnable_dim,
-                hidden=hyper.hidden,
-                length_head=has_length,
-            )
         try:
-            net.load_state_dict(tensors, strict=True)
-        except RuntimeError as exc:
+            tensors = load_file(str(weights_path))
+        except Exception as exc:  # safetensors raises its own error types
+            raise CheckpointError(f"{weights_path}: unreadable safetensors ({exc})") from exc
+        expected = _expected_shapes(
+            len(models), len(strategies), len(pairs), enc_dim, hyper, has_length
+        )
+        _check_tensors(tensors, expected, weights_path, directory)
+        if not (
+            np.array_equal(tensors["pair_model"], [model_index[m] for m, _ in pairs])
+            and np.array_equal(tensors["pair_strategy"], [strategy_index[s] for _, s in pairs])
+        ):
             raise CheckpointError(
-                f"{weights_path}: tensors do not match {directory / CONFIG_FILE} ({exc})"
-            ) from exc
+                f"{weights_path}: pair indices do not match the pairs of {directory / CONFIG_FILE}"
+            )
+
+        if encoder is None:
+            encoder = _rebuild_encoder(config["encoder"], directory)
+        if encoder.id != enc_id or encoder.dim != enc_dim:
+            if retrain_on is not None:
+                old = cls._from_parts(config, tensors, pairs, encoder, hyper, length_scale)
+                return old.retrain(retrain_on, encoder=encoder, progress=progress)
+            if encoder.id != enc_id:
+                raise CheckpointError(
+                    f"checkpoint {directory} was trained with encoder {enc_id!r} (dim {enc_dim}); "
+                    f"the encoder given is {encoder.id!r}. Question vectors of different "
+                    "encoders are not interchangeable: route with the encoder it was trained "
+                    "with, or retrain it on the new encoder (RTRPredictor.load(..., "
+                    "retrain_on=training_matrix), or `--retrain` on the command line)"
+                )
+            raise CheckpointError(
+                f"checkpoint {directory} expects {enc_dim}-d question vectors from {enc_id!r}; "
+                f"the encoder given makes {encoder.dim}-d vectors"
+            )
+        return cls._from_parts(config, tensors, pairs, encoder, hyper, length_scale)
+
+    @classmethod
+    def _from_parts(
+        cls,
+        config: Mapping[str, Any],
+        tensors: Mapping[str, np.ndarray],
+        pairs: Sequence[Pair],
+        encoder: QuestionEncoder,
+        hyper: TrainConfig,
+        length_scale: float | None,
+    ) -> RTRPredictor:
+        """A predictor over checkpoint tensors (numpy; no torch network yet)."""
         training = config.get("training") or {}
         summary = TrainingSummary(
             **{k: v for k, v in training.items() if k in TrainingSummary.__dataclass_fields__}
         )
         return cls(
-            net,
+            None,
             pairs=pairs,
             encoder=encoder,
             config=hyper,
@@ -529,6 +628,7 @@ class RTRPredictor:
             model_descriptions=config.get("model_descriptions") or {},
             strategy_descriptions=config.get("strategy_descriptions") or {},
             summary=summary,
+            state=tensors,
         )
 
     def __repr__(self) -> str:
@@ -549,6 +649,8 @@ class _HeadScorer:
 
     def apply(self, projected: torch.Tensor) -> torch.Tensor:
         """``[n, hidden]`` question blocks to raw outputs ``[n, P]``."""
+        import torch
+
         hidden = projected.unsqueeze(1) + self.bias.unsqueeze(0)
         return torch.relu_(hidden) @ self.out_weight + self.out_bias
 
@@ -564,6 +666,8 @@ class _Scorer:
 
     @classmethod
     def build(cls, net: RTRNet, length_scale: float | None) -> _Scorer:
+        import torch
+
         with torch.inference_mode():
             correct_bias, length_bias = net.pair_biases()
             heads = [net.correctness] + ([net.length] if net.length is not None else [])
@@ -594,6 +698,9 @@ def _masked_losses(
     length: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Mean BCE over observed scores and mean squared error over observed lengths."""
+    import torch
+    from torch import nn
+
     logits, predicted_length = net(questions)
     observed = torch.isfinite(score)
     target = torch.where(observed, score, torch.zeros_like(score))
@@ -620,6 +727,8 @@ def _fit(
     progress: ProgressFn | None,
 ) -> TrainingSummary:
     """Adam over batches of questions x all pairs; early stopping restores the best weights."""
+    import torch
+
     # The fused kernel is several times faster on CPU: the step is memory-bound elementwise work
     # over about a million weights per head, which dominates a small batch's forward/backward.
     try:
@@ -681,6 +790,8 @@ def _fit(
 @contextlib.contextmanager
 def _torch_threads(n: int | None) -> Iterator[None]:
     """Run the block with ``n`` torch threads, then restore the caller's setting."""
+    import torch
+
     if n is None or n == torch.get_num_threads():
         yield
         return
@@ -730,9 +841,14 @@ def _check_names(
 
 
 def _rebuild_encoder(info: Mapping[str, Any], directory: Path) -> QuestionEncoder:
+    from langchain_rtr.predictor.backends import backend_of_id, make_encoder
+
     enc_id = str(info.get("id"))
     if enc_id == DEFAULT_ENCODER_ID:
-        return default_encoder()
+        return default_encoder(backend="sentence-transformers")
+    backend = backend_of_id(enc_id)
+    if backend is not None:
+        return make_encoder(backend)
     source = info.get("name_or_path")
     if source and enc_id.startswith("sentence-transformers:"):
         return CachedEncoder(SentenceTransformerEncoder(str(source), encoder_id=enc_id))
@@ -740,3 +856,81 @@ def _rebuild_encoder(info: Mapping[str, Any], directory: Path) -> QuestionEncode
         f"checkpoint {directory} was trained with encoder {enc_id!r}, which cannot be rebuilt "
         "from the checkpoint; pass encoder= to load()"
     )
+
+
+def _expected_shapes(
+    n_models: int,
+    n_strategies: int,
+    n_pairs: int,
+    dim: int,
+    hyper: TrainConfig,
+    has_length: bool,
+) -> dict[str, tuple[int, ...]]:
+    """The tensors of an ``RTRNet`` with this configuration, and their shapes."""
+    learn, hidden = hyper.learnable_dim, hyper.hidden
+    pair_dim = 2 * dim + 2 * learn
+    shapes: dict[str, tuple[int, ...]] = {
+        "model_text": (n_models, dim),
+        "strategy_text": (n_strategies, dim),
+        "pair_model": (n_pairs,),
+        "pair_strategy": (n_pairs,),
+        "model_learn": (n_models, learn),
+        "strategy_learn": (n_strategies, learn),
+    }
+    for head in ("correctness", "length") if has_length else ("correctness",):
+        shapes |= {
+            f"{head}.question.weight": (hidden, dim),
+            f"{head}.pair.weight": (hidden, pair_dim),
+            f"{head}.pair.bias": (hidden,),
+            f"{head}.out.weight": (1, hidden),
+            f"{head}.out.bias": (1,),
+        }
+    return shapes
+
+
+def _check_tensors(
+    tensors: Mapping[str, np.ndarray],
+    expected: Mapping[str, tuple[int, ...]],
+    weights_path: Path,
+    directory: Path,
+) -> None:
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    wrong = [
+        f"{k} {tuple(tensors[k].shape)} (expected {shape})"
+        for k, shape in expected.items()
+        if k in tensors and tuple(tensors[k].shape) != shape
+    ]
+    if missing or extra or wrong:
+        raise CheckpointError(
+            f"{weights_path}: tensors do not match {directory / CONFIG_FILE} "
+            f"(missing {missing}, unexpected {extra}, wrong shapes {wrong})"
+        )
+    try:
+        NumpyScorer.from_state_dict(tensors, 1.0)
+    except ScoringError as exc:
+        raise CheckpointError(f"{weights_path}: {exc}") from exc
+
+
+def _net_from_state(
+    state: Mapping[str, np.ndarray], pairs: Sequence[Pair], hyper: TrainConfig
+) -> RTRNet:
+    """The torch network holding ``state`` (imports torch)."""
+    import torch
+
+    from langchain_rtr.predictor.model import RTRNet
+
+    dim = int(state["correctness.question.weight"].shape[1])
+    with torch.random.fork_rng(devices=[]):  # initial values are overwritten below
+        net = RTRNet(
+            torch.zeros(state["model_text"].shape[0], dim),
+            torch.zeros(state["strategy_text"].shape[0], dim),
+            torch.from_numpy(np.asarray(state["pair_model"], dtype=np.int64)),
+            torch.from_numpy(np.asarray(state["pair_strategy"], dtype=np.int64)),
+            question_dim=dim,
+            learnable_dim=hyper.learnable_dim,
+            hidden=hyper.hidden,
+            length_head="length.out.weight" in state,
+        )
+    net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, strict=True)
+    return net.eval()

@@ -131,7 +131,7 @@ def test_a_server_stopped_mid_collection_is_recorded_and_a_rerun_finishes(
                 max_tokens=48,
                 seed=0,
                 concurrency_per_endpoint=2,
-                retries=1,
+                retries=3,  # a loaded machine can fail a call on the healthy server too
                 backoff_s=0.5,
                 give_up_after=4,
                 progress=False,
@@ -150,7 +150,8 @@ def test_a_server_stopped_mid_collection_is_recorded_and_a_rerun_finishes(
     a_rows = [r for r in rows if r["model"] == "smol-a"]
     b_rows = [r for r in rows if r["model"] == "smol-b"]
     # the other endpoint's cells all completed, none of them an error
-    assert len(a_rows) == per_model and all(r["error"] is None for r in a_rows)
+    a_errors = [r["error"] for r in a_rows if r["error"] is not None]
+    assert len(a_rows) == per_model and not a_errors, a_errors
     # the stopped server's failures are recorded as errors, never as wrong answers
     b_errors = [r for r in b_rows if r["error"] is not None]
     assert b_errors, first.format()

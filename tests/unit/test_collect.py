@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 import re
@@ -17,7 +18,6 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import ConfigDict, Field, PrivateAttr
 
-from langchain_rtr import collect as collect_mod
 from langchain_rtr.collect import (
     CollectError,
     collect,
@@ -33,6 +33,9 @@ from langchain_rtr.questions import Question, write_questions
 from langchain_rtr.specs import ModelSpec
 from langchain_rtr.strategies import get_strategy
 from langchain_rtr.strategies.base import Strategy
+
+# the module, not the `collect` function the package exports under the same name
+collect_mod = importlib.import_module("langchain_rtr.collect")
 
 
 def _answer(question: str) -> int:

@@ -1,0 +1,228 @@
+"""Encoder backends: speed of routing, process cost, and routing quality, per backend.
+
+    .venv/bin/python benchmarks/bench_encoders.py speed      # latency, q/s, import time, RSS
+    .venv/bin/python benchmarks/bench_encoders.py quality    # AIQ / max accuracy, 3 seeds
+
+speed: GSM8K questions (/work/shared/data/routellm/gsm8k_responses.csv, or $RTR_GSM8K_CSV).
+  * one question routed end to end (encode uncached + score all pairs + Tradeoff policy),
+    median over distinct questions;
+  * batched: 1,000 questions encoded uncached and routed in one call, questions per second;
+  * a fresh routing process per backend (subprocess): import + load time and peak RSS, and
+    whether torch was imported.
+  Ratios are against sentence-transformers measured in the same run (the machine is shared).
+quality: the bundled LLMRouter set, held-out 20 %, split and training seeds 0, 1, 2: RTR's AIQ
+  and maximum accuracy on its λ sweep, per backend; for the static backend also the cascade
+  that sends its least certain questions through the int8 encoder's predictor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+
+BACKENDS = ("sentence-transformers", "onnx", "onnx-int8", "static")
+GSM8K = Path(os.environ.get("RTR_GSM8K_CSV", "/work/shared/data/routellm/gsm8k_responses.csv"))
+
+
+def gsm8k_questions(n: int) -> list[str]:
+    with GSM8K.open(newline="", encoding="utf-8") as fh:
+        questions = [row["prompt"] for row in csv.DictReader(fh)]
+    out = list(dict.fromkeys(questions))
+    while len(out) < n:  # make more distinct texts if the file is short
+        out += [f"{q} ({len(out)})" for q in out[: n - len(out)]]
+    return out[:n]
+
+
+def train_router(out: Path) -> None:
+    """A router trained once with sentence-transformers, then re-trained per backend."""
+    from langchain_rtr.predictor import TrainConfig
+    from langchain_rtr.predictor.backends import make_encoder
+    from langchain_rtr.workflow import fit_router, load_data, split
+
+    rs = load_data("llmrouter")
+    train, _ = split(rs, seed=0)
+    for backend in BACKENDS:
+        router = fit_router(
+            rs, train, encoder=make_encoder(backend), config=TrainConfig(seed=0, max_epochs=5)
+        )
+        router.save(out / backend)
+
+
+CHILD = r"""
+import json, os, resource, sys, time
+t0 = time.perf_counter()
+from langchain_rtr.predictor.backends import make_encoder
+from langchain_rtr.routing import RTRRouter
+backend, path, question = sys.argv[1], sys.argv[2], sys.argv[3]
+enc = make_encoder(backend, cache=False, build=False)
+router = RTRRouter.load(path, encoder=enc)
+t1 = time.perf_counter()
+router.route(question)
+t2 = time.perf_counter()
+print(json.dumps({"import_load_s": t1 - t0, "first_route_s": t2 - t1,
+                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "torch": "torch" in sys.modules}))
+"""
+
+
+def process_cost(backend: str, router_dir: Path, question: str) -> dict[str, float]:
+    start = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, backend, str(router_dir), question],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    result["wall_s"] = time.perf_counter() - start
+    return result
+
+
+def speed(args: argparse.Namespace) -> None:
+    from langchain_rtr.predictor.backends import make_encoder
+    from langchain_rtr.routing import RTRRouter
+
+    questions = gsm8k_questions(args.batch + args.single)
+    root = Path(tempfile.mkdtemp(prefix="rtr-bench-enc-"))
+    print(f"training a small router per backend into {root} ...", flush=True)
+    train_router(root)
+    rows = []
+    for backend in BACKENDS:
+        encoder = make_encoder(backend, cache=False)
+        router = RTRRouter.load(root / backend, encoder=encoder)
+        router.route("warm up")
+        singles = []
+        for q in questions[args.batch : args.batch + args.single]:
+            t = time.perf_counter()
+            router.route(q)
+            singles.append(time.perf_counter() - t)
+        batch = questions[: args.batch]
+        t = time.perf_counter()
+        router.route_batch(batch)
+        batched = len(batch) / (time.perf_counter() - t)
+        proc = process_cost(backend, root / backend, questions[0])
+        rows.append(
+            {
+                "backend": backend,
+                "single_ms": 1000 * statistics.median(singles),
+                "batched_qps": batched,
+                **proc,
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    base = rows[0]
+    print(f"\n{len(router.pairs)} pairs; load average {os.getloadavg()[0]:.1f}; 2 cores")
+    print(
+        "| backend | one question (median) | vs ST | batched q/s | vs ST "
+        "| import+load | peak RSS | torch imported |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['backend']} | {r['single_ms']:.2f} ms | "
+            f"{base['single_ms'] / r['single_ms']:.1f}x | {r['batched_qps']:.0f} | "
+            f"{r['batched_qps'] / base['batched_qps']:.1f}x | {r['import_load_s']:.2f} s | "
+            f"{r['rss_mb']:.0f} MB | {r['torch']} |"
+        )
+
+
+def uncertainty(correctness: np.ndarray) -> np.ndarray:
+    """Mean Bernoulli variance of a question's predicted correctness over pairs."""
+    return np.mean(correctness * (1.0 - correctness), axis=1)
+
+
+def quality(args: argparse.Namespace) -> None:
+    from langchain_rtr.evaluation import evaluate_routing
+    from langchain_rtr.predictor import Prediction, TrainConfig
+    from langchain_rtr.predictor.backends import make_encoder
+    from langchain_rtr.workflow import fit_router, load_data, split
+
+    rs = load_data("llmrouter")
+    results: dict[str, list[tuple[float, float]]] = {}
+
+    def record(name: str, report: object) -> None:
+        curve = report.curves["rtr"]  # type: ignore[attr-defined]
+        aiq = float(report.aiq["rtr"])  # type: ignore[attr-defined]
+        results.setdefault(name, []).append((aiq, max(curve.accuracy)))
+        print(f"  {name}: AIQ {aiq:.4f}, max accuracy {max(curve.accuracy):.4f}", flush=True)
+
+    encoders = {b: make_encoder(b) for b in BACKENDS}
+    for seed in args.seeds:
+        train, test = split(rs, test_fraction=0.2, seed=seed)
+        print(f"seed {seed}: {len(train)} train, {len(test)} test", flush=True)
+        routers = {}
+        for backend in BACKENDS:
+            router = fit_router(rs, train, encoder=encoders[backend], config=TrainConfig(seed=seed))
+            routers[backend] = router
+            test_emb = encoders[backend].encode(test.questions)
+            train_emb = encoders[backend].encode(train.questions)
+            pred = router.predictor.predict_embeddings(test_emb)
+            kw = {"cost_unit": router.cost_unit, "cost_scale": router.cost_scale}
+            record(
+                backend,
+                evaluate_routing(test, pred, test_emb, train, train_emb, router.models, **kw),
+            )
+            if backend != "static":
+                continue
+            # Cascade: the least certain questions (by the static predictor) go through the
+            # int8 encoder's predictor; the threshold is a quantile on the training questions.
+            full = routers["onnx-int8"]
+            u_train = uncertainty(router.predictor.predict_embeddings(train_emb).correctness)
+            u_test = uncertainty(pred.correctness)
+            full_pred = full.predictor.predict(test.questions)
+            for share in args.cascade:
+                cut = float(np.quantile(u_train, 1.0 - share))
+                hard = u_test > cut
+                correctness = np.where(hard[:, None], full_pred.correctness, pred.correctness)
+                tokens = None
+                if pred.output_tokens is not None and full_pred.output_tokens is not None:
+                    tokens = np.where(hard[:, None], full_pred.output_tokens, pred.output_tokens)
+                mixed = Prediction(correctness=correctness, output_tokens=tokens)
+                record(
+                    f"static + int8 for the {share:.0%} least certain",
+                    evaluate_routing(test, mixed, test_emb, train, train_emb, router.models, **kw),
+                )
+    print(f"\nLLMRouter held-out 20 %, seeds {args.seeds}: mean (min..max) over seeds")
+    base = np.mean([a for a, _ in results["sentence-transformers"]])
+    print("| backend | AIQ | Δ AIQ vs ST | max accuracy |")
+    print("|---|---|---|---|")
+    for name, vals in results.items():
+        aiqs, accs = np.array([v[0] for v in vals]), np.array([v[1] for v in vals])
+        print(
+            f"| {name} | {aiqs.mean():.4f} ({aiqs.min():.4f}..{aiqs.max():.4f}) | "
+            f"{aiqs.mean() - base:+.4f} | {accs.mean():.4f} |"
+        )
+    per_seed = {
+        name: [round(v[0] - results["sentence-transformers"][i][0], 4) for i, v in enumerate(vals)]
+        for name, vals in results.items()
+    }
+    print("Δ AIQ per seed:", json.dumps(per_seed))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    sp = sub.add_parser("speed")
+    sp.add_argument("--batch", type=int, default=1000)
+    sp.add_argument("--single", type=int, default=200)
+    qp = sub.add_parser("quality")
+    qp.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    qp.add_argument("--cascade", type=float, nargs="*", default=[0.1, 0.25])
+    args = parser.parse_args()
+    speed(args) if args.what == "speed" else quality(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""Scoring the two heads in numpy: the inference path that never imports torch.
+
+The network (``model.RTRNet``) is a pair of factorised one-hidden-layer MLPs. At inference
+everything but the question block is constant, so a head is three arrays: the question weight
+``W_q`` ``[d, hidden]``, the per-pair bias ``W_p p + b`` ``[P, hidden]`` and the output layer.
+This module rebuilds those from the checkpoint's tensors (``safetensors.numpy``) and scores
+``relu(q W_q + pair_bias) · w_out + b_out``; correctness is its sigmoid, length is
+``expm1(softplus(raw) · length_scale)`` -- the same transforms as the torch path, so the two
+agree to float32 rounding.
+
+Why numpy and not torch at inference: a routing process with an ONNX or static encoder then
+never loads torch (about a second and a few hundred MB), and for the small batches of live
+routing numpy's single BLAS call is faster than torch's per-op thread dispatch on a busy machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+SCORE_ROWS_PER_CHUNK = 2_048
+"""Question x pair rows per ``[rows, hidden]`` block; keeps each block in cache."""
+
+_HEAD_KEYS = ("question.weight", "pair.weight", "pair.bias", "out.weight", "out.bias")
+_REQUIRED = (
+    "model_text",
+    "strategy_text",
+    "pair_model",
+    "pair_strategy",
+    "model_learn",
+    "strategy_learn",
+)
+
+
+class ScoringError(ValueError):
+    """The tensors given do not make a complete, consistent pair of heads."""
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Numerically stable logistic function (no overflow for large ``|x|``)."""
+    return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32, copy=False)
+
+
+def softplus(x: np.ndarray) -> np.ndarray:
+    """``log(1 + exp(x))``, stable for large ``x`` (torch's Softplus with beta 1)."""
+    return np.logaddexp(np.float32(0.0), x).astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class NumpyHead:
+    """One head at inference.
+
+    Attributes:
+        bias: ``[P, hidden]``: ``W_p p + b`` for every pair.
+        out_weight: ``[hidden]``.
+        out_bias: The output layer's bias.
+    """
+
+    bias: np.ndarray
+    out_weight: np.ndarray
+    out_bias: float
+
+    def apply(self, projected: np.ndarray) -> np.ndarray:
+        """Question blocks ``[n, hidden]`` to raw outputs ``[n, P]``."""
+        hidden = projected[:, None, :] + self.bias[None, :, :]
+        np.maximum(hidden, 0.0, out=hidden)
+        out: np.ndarray = hidden @ self.out_weight
+        out += np.float32(self.out_bias)
+        return out
+
+
+@dataclass(frozen=True)
+class NumpyScorer:
+    """Both heads, precomputed from a state dict; scores question vectors in numpy.
+
+    Attributes:
+        question_weight: ``[d, hidden]`` or ``[d, 2 * hidden]``: both heads' ``W_q``, side by
+            side, so one matrix product projects a batch for both.
+        correctness: The correctness head.
+        length: The length head, or ``None`` when the predictor has none.
+        length_scale: Length targets are ``log1p(tokens) / length_scale``.
+    """
+
+    question_weight: np.ndarray
+    correctness: NumpyHead
+    length: NumpyHead | None
+    length_scale: float
+
+    @property
+    def question_dim(self) -> int:
+        """Size of the question vectors the heads take."""
+        return int(self.question_weight.shape[0])
+
+    @property
+    def n_pairs(self) -> int:
+        """Number of (model, strategy) columns."""
+        return int(self.correctness.bias.shape[0])
+
+    @classmethod
+    def from_state_dict(
+        cls, state: Mapping[str, np.ndarray], length_scale: float | None
+    ) -> NumpyScorer:
+        """Build from ``RTRNet.state_dict()`` tensors as numpy arrays (a safetensors file).
+
+        Raises:
+            ScoringError: A tensor is missing or the shapes do not fit together.
+        """
+        missing = [k for k in (*_REQUIRED, *(f"correctness.{h}" for h in _HEAD_KEYS))]
+        missing = [k for k in missing if k not in state]
+        has_length = any(k.startswith("length.") for k in state)
+        if has_length:
+            missing += [f"length.{h}" for h in _HEAD_KEYS if f"length.{h}" not in state]
+        if missing:
+            raise ScoringError(f"state dict lacks tensors {missing}")
+
+        def f32(key: str) -> np.ndarray:
+            return np.ascontiguousarray(np.asarray(state[key], dtype=np.float32))
+
+        pm = np.asarray(state["pair_model"], dtype=np.int64)
+        ps = np.asarray(state["pair_strategy"], dtype=np.int64)
+        try:
+            features = np.concatenate(
+                [
+                    f32("model_text")[pm],
+                    f32("strategy_text")[ps],
+                    f32("model_learn")[pm],
+                    f32("strategy_learn")[ps],
+                ],
+                axis=1,
+            )
+        except (IndexError, ValueError) as exc:
+            raise ScoringError(f"pair features do not fit together ({exc})") from exc
+
+        def head(prefix: str) -> tuple[np.ndarray, NumpyHead]:
+            w_p, b_p = f32(f"{prefix}.pair.weight"), f32(f"{prefix}.pair.bias")
+            if w_p.shape[1] != features.shape[1]:
+                raise ScoringError(
+                    f"{prefix}.pair.weight has shape {w_p.shape}; pair features are "
+                    f"{features.shape[1]}-d"
+                )
+            # float64 for the constant part: it is computed once, so rounding stays minimal.
+            bias = (features.astype(np.float64) @ w_p.T.astype(np.float64) + b_p).astype(np.float32)
+            out_w = f32(f"{prefix}.out.weight").reshape(-1)
+            out_b = float(f32(f"{prefix}.out.bias").reshape(-1)[0])
+            return f32(f"{prefix}.question.weight"), NumpyHead(bias, out_w, out_b)
+
+        w_c, correctness = head("correctness")
+        weights = [w_c]
+        length = None
+        if has_length:
+            w_l, length = head("length")
+            weights.append(w_l)
+        if len({w.shape for w in weights}) != 1:
+            raise ScoringError(f"the heads' question weights differ in shape: {weights}")
+        return cls(
+            question_weight=np.ascontiguousarray(np.concatenate(weights).T),
+            correctness=correctness,
+            length=length,
+            length_scale=float(length_scale or 1.0),
+        )
+
+    def score(self, questions: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Correctness probabilities and output tokens ``[n, P]`` for question vectors ``[n, d]``.
+
+        The ``[n, P, hidden]`` part runs in blocks of at most :data:`SCORE_ROWS_PER_CHUNK`
+        question x pair rows.
+        """
+        q = np.ascontiguousarray(questions, dtype=np.float32)
+        n, n_pairs = q.shape[0], self.n_pairs
+        hidden = self.correctness.bias.shape[1]
+        projected = q @ self.question_weight
+        correctness = np.empty((n, n_pairs), np.float32)
+        length = np.empty((n, n_pairs), np.float32) if self.length is not None else None
+        step = max(1, SCORE_ROWS_PER_CHUNK // max(n_pairs, 1))
+        for start in range(0, n, step):
+            block = projected[start : start + step]
+            correctness[start : start + step] = sigmoid(self.correctness.apply(block[:, :hidden]))
+            if length is not None and self.length is not None:
+                raw = softplus(self.length.apply(block[:, hidden:]))
+                length[start : start + step] = np.expm1(raw * np.float32(self.length_scale))
+        return correctness, length
