@@ -30,7 +30,6 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np
 
 BACKENDS = ("sentence-transformers", "onnx", "onnx-int8", "static")
 GSM8K = Path(os.environ.get("RTR_GSM8K_CSV", "/work/shared/data/routellm/gsm8k_responses.csv"))
@@ -138,77 +137,14 @@ def speed(args: argparse.Namespace) -> None:
         )
 
 
-def uncertainty(correctness: np.ndarray) -> np.ndarray:
-    """Mean Bernoulli variance of a question's predicted correctness over pairs."""
-    return np.mean(correctness * (1.0 - correctness), axis=1)
-
-
 def quality(args: argparse.Namespace) -> None:
-    from langchain_rtr.evaluation import evaluate_routing
-    from langchain_rtr.predictor import Prediction, TrainConfig
-    from langchain_rtr.predictor.backends import make_encoder
-    from langchain_rtr.workflow import fit_router, load_data, split
+    from langchain_rtr.cli.encoder import compare_backends, quality_markdown
 
-    rs = load_data("llmrouter")
-    results: dict[str, list[tuple[float, float]]] = {}
-
-    def record(name: str, report: object) -> None:
-        curve = report.curves["rtr"]  # type: ignore[attr-defined]
-        aiq = float(report.aiq["rtr"])  # type: ignore[attr-defined]
-        results.setdefault(name, []).append((aiq, max(curve.accuracy)))
-        print(f"  {name}: AIQ {aiq:.4f}, max accuracy {max(curve.accuracy):.4f}", flush=True)
-
-    encoders = {b: make_encoder(b) for b in BACKENDS}
-    for seed in args.seeds:
-        train, test = split(rs, test_fraction=0.2, seed=seed)
-        print(f"seed {seed}: {len(train)} train, {len(test)} test", flush=True)
-        routers = {}
-        for backend in BACKENDS:
-            router = fit_router(rs, train, encoder=encoders[backend], config=TrainConfig(seed=seed))
-            routers[backend] = router
-            test_emb = encoders[backend].encode(test.questions)
-            train_emb = encoders[backend].encode(train.questions)
-            pred = router.predictor.predict_embeddings(test_emb)
-            kw = {"cost_unit": router.cost_unit, "cost_scale": router.cost_scale}
-            record(
-                backend,
-                evaluate_routing(test, pred, test_emb, train, train_emb, router.models, **kw),
-            )
-            if backend != "static":
-                continue
-            # Cascade: the least certain questions (by the static predictor) go through the
-            # int8 encoder's predictor; the threshold is a quantile on the training questions.
-            full = routers["onnx-int8"]
-            u_train = uncertainty(router.predictor.predict_embeddings(train_emb).correctness)
-            u_test = uncertainty(pred.correctness)
-            full_pred = full.predictor.predict(test.questions)
-            for share in args.cascade:
-                cut = float(np.quantile(u_train, 1.0 - share))
-                hard = u_test > cut
-                correctness = np.where(hard[:, None], full_pred.correctness, pred.correctness)
-                tokens = None
-                if pred.output_tokens is not None and full_pred.output_tokens is not None:
-                    tokens = np.where(hard[:, None], full_pred.output_tokens, pred.output_tokens)
-                mixed = Prediction(correctness=correctness, output_tokens=tokens)
-                record(
-                    f"static + int8 for the {share:.0%} least certain",
-                    evaluate_routing(test, mixed, test_emb, train, train_emb, router.models, **kw),
-                )
-    print(f"\nLLMRouter held-out 20 %, seeds {args.seeds}: mean (min..max) over seeds")
-    base = np.mean([a for a, _ in results["sentence-transformers"]])
-    print("| backend | AIQ | Δ AIQ vs ST | max accuracy |")
-    print("|---|---|---|---|")
-    for name, vals in results.items():
-        aiqs, accs = np.array([v[0] for v in vals]), np.array([v[1] for v in vals])
-        print(
-            f"| {name} | {aiqs.mean():.4f} ({aiqs.min():.4f}..{aiqs.max():.4f}) | "
-            f"{aiqs.mean() - base:+.4f} | {accs.mean():.4f} |"
-        )
-    per_seed = {
-        name: [round(v[0] - results["sentence-transformers"][i][0], 4) for i, v in enumerate(vals)]
-        for name, vals in results.items()
-    }
-    print("Δ AIQ per seed:", json.dumps(per_seed))
+    rows = compare_backends(
+        "llmrouter", seeds=args.seeds, cascade=args.cascade, echo=lambda m: print(m, flush=True)
+    )
+    print(f"\nLLMRouter held-out 20 %, seeds {args.seeds}")
+    print(quality_markdown(rows))
 
 
 def main() -> None:

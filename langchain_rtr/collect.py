@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage
 from tenacity import (
@@ -478,6 +479,7 @@ def _resolve_models(
     models: Mapping[str, ModelSpec] | Mapping[str, BaseChatModel],
     specs: Mapping[str, ModelSpec] | None,
     request_timeout: float,
+    http_client: httpx.AsyncClient,
 ) -> tuple[dict[str, BaseChatModel], dict[str, ModelSpec]]:
     clients: dict[str, BaseChatModel] = {}
     known_specs: dict[str, ModelSpec] = dict(specs or {})
@@ -486,7 +488,9 @@ def _resolve_models(
         if isinstance(value, ModelSpec):
             known_specs.setdefault(name, value)
             # our retry loop owns retries; the client's own would multiply them
-            clients[name] = chat_model_for(value, max_retries=0, timeout=request_timeout)
+            clients[name] = chat_model_for(
+                value, max_retries=0, timeout=request_timeout, http_async_client=http_client
+            )
         elif isinstance(value, BaseChatModel):
             clients[name] = value
         else:
@@ -572,9 +576,13 @@ async def collect(
     if dup_ids:
         raise CollectError(f"question ids used twice: {dup_ids[:10]}")
 
-    clients, known_specs = _resolve_models(models, specs, request_timeout)
+    # A client of this event loop: langchain-openai's shared default belongs to whichever loop
+    # opened it first, so a second asyncio.run(collect(...)) would fail on "Event loop is closed".
+    http_client = httpx.AsyncClient(timeout=request_timeout)
+    clients, known_specs = _resolve_models(models, specs, request_timeout, http_client)
     pairs, skipped = plan_pairs(list(clients), strategies, known_specs)
     if not pairs:
+        await http_client.aclose()
         raise CollectError(f"no (model, strategy) pair to run: {skipped}")
 
     summary = CollectSummary(out_path=path, skipped_pairs=skipped)
@@ -745,6 +753,7 @@ async def collect(
                 await asyncio.gather(all_done, return_exceptions=True)
         writer.close()
         bar.stop()
+        await http_client.aclose()
 
     summary.not_run = len(todo) - summary.attempted
     summary.pairs = _pair_stats(path, grid)

@@ -170,6 +170,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     knobs.add_argument("--patience", type=int)
     knobs.add_argument("--weight-decay", type=float)
     knobs.add_argument("--max-epochs", type=int)
+    knobs.add_argument("--length-weight", type=float)
+    knobs.add_argument("--validation-fraction", type=float)
     return parser.parse_args(argv)
 
 
@@ -189,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
             "patience": patience,
             "weight_decay": weight_decay,
             "max_epochs": max_epochs,
+            "length_weight": args.length_weight,
+            "validation_fraction": args.validation_fraction,
         }.items()
         if v is not None
     }

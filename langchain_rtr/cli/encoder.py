@@ -5,12 +5,17 @@ Mounted in ``cli/main.py`` with ``app.add_typer(encoder_app, name="encoder")``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    import numpy as np
 
 encoder_app = typer.Typer(
     name="encoder",
@@ -90,3 +95,143 @@ def list_() -> None:
             backend, backend_encoder_id(backend), where, "yes" if backend == current else ""
         )
     console.print(table)
+
+
+@dataclass
+class QualityRow:
+    """One backend's (or cascade's) routing quality on the held-out part, per seed."""
+
+    name: str
+    aiq: list[float] = field(default_factory=list)
+    max_accuracy: list[float] = field(default_factory=list)
+
+
+def _uncertainty(correctness: np.ndarray) -> np.ndarray:
+    """Mean Bernoulli variance ``p(1-p)`` of a question's predicted correctness over pairs."""
+    import numpy as np
+
+    return np.asarray(np.mean(correctness * (1.0 - correctness), axis=1))
+
+
+def compare_backends(
+    data: str = "llmrouter",
+    *,
+    backends: Sequence[str] = ("sentence-transformers", "onnx", "onnx-int8", "static"),
+    seeds: Sequence[int] = (0, 1, 2),
+    test_fraction: float = 0.2,
+    cascade: Sequence[float] = (0.1, 0.25),
+    cascade_full: str = "onnx-int8",
+    echo: Callable[[str], None] | None = None,
+) -> list[QualityRow]:
+    """The same held-out evaluation for each backend, on each seed's split.
+
+    For each backend and seed: train a router on the training part, evaluate on the held-out
+    part, and keep RTR's AIQ and the highest accuracy on its λ sweep.
+
+    With the static backend and ``cascade`` shares, also the cascade that sends the static
+    predictor's least certain questions (top share by mean ``p(1-p)``, threshold set on the
+    training questions) through the ``cascade_full`` backend's predictor.
+    """
+    import numpy as np
+
+    from langchain_rtr.evaluation import evaluate_routing
+    from langchain_rtr.predictor import Prediction, TrainConfig
+    from langchain_rtr.predictor.backends import make_encoder, resolve_backend
+    from langchain_rtr.workflow import fit_router, load_data, split
+
+    names = [resolve_backend(b) for b in backends]
+    if "static" in names and cascade and cascade_full not in names:
+        names.append(resolve_backend(cascade_full))
+    routing_set = load_data(data)
+    encoders = {b: make_encoder(b) for b in names}
+    rows: dict[str, QualityRow] = {}
+
+    def record(name: str, report: Any) -> None:
+        row = rows.setdefault(name, QualityRow(name))
+        row.aiq.append(float(report.aiq["rtr"]))
+        row.max_accuracy.append(float(max(report.curves["rtr"].accuracy)))
+        if echo:
+            echo(f"  {name}: AIQ {row.aiq[-1]:.4f}, max accuracy {row.max_accuracy[-1]:.4f}")
+
+    for seed in seeds:
+        train, test = split(routing_set, test_fraction=test_fraction, seed=seed)
+        if echo:
+            echo(f"seed {seed}: {len(train)} questions to train, {len(test)} held out")
+        outputs: dict[str, Any] = {}
+        for backend in names:
+            encoder = encoders[backend]
+            router = fit_router(routing_set, train, encoder=encoder, config=TrainConfig(seed=seed))
+            test_emb, train_emb = encoder.encode(test.questions), encoder.encode(train.questions)
+            prediction = router.predictor.predict_embeddings(test_emb)
+            outputs[backend] = (router, prediction, test_emb, train_emb)
+            kw: dict[str, Any] = {"cost_unit": router.cost_unit, "cost_scale": router.cost_scale}
+            args = (test, prediction, test_emb, train, train_emb, router.models)
+            if backend in backends:
+                record(backend, evaluate_routing(*args, **kw))
+        if "static" not in outputs or not cascade:
+            continue
+        router, fast, test_emb, train_emb = outputs["static"]
+        full = outputs[cascade_full][1]
+        u_train = _uncertainty(router.predictor.predict_embeddings(train_emb).correctness)
+        u_test = _uncertainty(fast.correctness)
+        for share in cascade:
+            hard = u_test > float(np.quantile(u_train, 1.0 - share))
+            tokens = None
+            if fast.output_tokens is not None and full.output_tokens is not None:
+                tokens = np.where(hard[:, None], full.output_tokens, fast.output_tokens)
+            mixed = Prediction(
+                correctness=np.where(hard[:, None], full.correctness, fast.correctness),
+                output_tokens=tokens,
+            )
+            kw = {"cost_unit": router.cost_unit, "cost_scale": router.cost_scale}
+            record(
+                f"static, {share:.0%} least certain via {cascade_full}",
+                evaluate_routing(test, mixed, test_emb, train, train_emb, router.models, **kw),
+            )
+    return list(rows.values())
+
+
+def quality_markdown(rows: Sequence[QualityRow], baseline: str = "sentence-transformers") -> str:
+    """The quality table: mean (min..max over seeds) AIQ, its change vs ``baseline``, accuracy."""
+    import numpy as np
+
+    base = next((r for r in rows if r.name == baseline), None)
+    lines = [
+        "| backend | AIQ, mean (min..max) | Δ AIQ vs default (per seed) | max accuracy |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        aiq = np.array(r.aiq)
+        delta = "n/a"
+        if base is not None and len(base.aiq) == len(r.aiq):
+            d = aiq - np.array(base.aiq)
+            delta = f"{d.mean():+.4f} ({', '.join(f'{x:+.4f}' for x in d)})"
+        lines.append(
+            f"| {r.name} | {aiq.mean():.4f} ({aiq.min():.4f}..{aiq.max():.4f}) | {delta} "
+            f"| {np.mean(r.max_accuracy):.4f} |"
+        )
+    return "\n".join(lines)
+
+
+@encoder_app.command("compare")
+def compare(
+    data: Annotated[str, typer.Option("--data", "-d", help="Bundled set or directory.")] = (
+        "llmrouter"
+    ),
+    backend: Annotated[
+        list[str] | None, typer.Option("--backend", "-b", help="Backends (default: all).")
+    ] = None,
+    seed: Annotated[list[int] | None, typer.Option("--seed", help="Seeds (default 0 1 2).")] = None,
+    test_fraction: Annotated[float, typer.Option("--test-fraction")] = 0.2,
+) -> None:
+    """Quality guard: the same held-out evaluation per backend (AIQ, max accuracy, by seed)."""
+    from langchain_rtr.predictor.backends import BACKENDS
+
+    rows = compare_backends(
+        data,
+        backends=backend or list(BACKENDS),
+        seeds=seed or [0, 1, 2],
+        test_fraction=test_fraction,
+        echo=lambda m: err_console.print(f"[dim]{m}"),
+    )
+    console.print(quality_markdown(rows))

@@ -20,6 +20,9 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
+import struct
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +65,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
             if socket_plugin:
                 item.add_marker(pytest.mark.enable_socket)
+
+
+def fresh_async_http_clients() -> None:
+    """Make the next ``ChatOpenAI`` get a new async HTTP client.
+
+    langchain-openai shares one ``httpx.AsyncClient`` per (base_url, timeout) across the whole
+    process, and its pooled connections belong to the event loop that opened them. These tests
+    run many loops (pytest-asyncio's per-test loop, ``asyncio.run``, uvicorn's thread), so a
+    client reused from a closed loop fails with ``RuntimeError: Event loop is closed``. Call it
+    before each new loop that builds clients.
+    """
+    try:
+        from langchain_openai.chat_models import _client_utils
+    except ImportError:  # pragma: no cover - another langchain-openai layout: nothing cached
+        return
+    cached = getattr(_client_utils, "_cached_async_httpx_client", None)
+    if cached is not None:
+        cached.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_async_http_clients() -> None:
+    """Each test starts without async HTTP clients from an earlier test's event loop."""
+    fresh_async_http_clients()
 
 
 def require_vllm_setup() -> None:
@@ -250,6 +277,113 @@ def dead_endpoint_spec() -> ModelSpec:
         api_key="EMPTY",
         max_tokens=64,
     )
+
+
+class CuttableProxy:
+    """A loopback TCP proxy in front of one server that can be cut and restored at once.
+
+    ``cut()`` resets every open connection and closes the listening socket, so calls in flight
+    fail with a connection error and new ones are refused: what a client sees when the server
+    stops. ``restore()`` listens again on the same port: what it sees when the server is back.
+    It costs milliseconds, where stopping and restarting a vLLM CPU server costs 1-3 minutes,
+    so tests that only need "this endpoint went away (and came back)" use it.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self._conns: set[socket.socket] = set()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def restore(self) -> None:
+        """Listen (again) on the proxy's port."""
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        with self._lock:
+            self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    start = restore
+
+    def cut(self) -> None:
+        """Reset every connection and stop listening (new connections are refused)."""
+        with self._lock:
+            listener, self._listener = self._listener, None
+            conns, self._conns = self._conns, set()
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+        for conn in conns:
+            with contextlib.suppress(OSError):  # linger 0: close sends RST, not FIN
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+
+    close = cut
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # cut
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if self._listener is not listener:
+                    client.close()
+                    upstream.close()
+                    return
+                self._conns.update((client, upstream))
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.fixture
+def endpoint_proxy(smol_servers: SmolServers) -> Iterator[Callable[[str], CuttableProxy]]:
+    """Put a :class:`CuttableProxy` in front of a session server; all are closed afterwards.
+
+    ``proxy = endpoint_proxy("smol-b")``; point a spec at ``proxy.base_url``
+    (``spec.model_copy(update={"base_url": proxy.base_url})``), then ``proxy.cut()`` /
+    ``proxy.restore()`` stand for stopping and restarting the server.
+    """
+    made: list[CuttableProxy] = []
+
+    def factory(name: str) -> CuttableProxy:
+        proxy = CuttableProxy(smol_servers.servers[name].port)
+        proxy.start()
+        made.append(proxy)
+        return proxy
+
+    try:
+        yield factory
+    finally:
+        for proxy in made:
+            proxy.close()
 
 
 ServerFactory = Callable[..., VLLMServer]

@@ -25,9 +25,12 @@ from langchain_rtr.questions import Question
 from langchain_rtr.routing import RTRRouter
 from langchain_rtr.runnable import RTRRunnable
 from langchain_rtr.strategies import get_strategy
+from tests.integration.conftest import fresh_async_http_clients
 
 if TYPE_CHECKING:
-    from tests.integration.conftest import ServerControl, SmolServers
+    from collections.abc import Callable
+
+    from tests.integration.conftest import CuttableProxy, SmolServers
 
 EASY = [
     ("What is 2 + 2?", "4", "arith-1"),
@@ -113,9 +116,18 @@ def test_collect_train_route_and_dispatch_on_real_servers(
 
 
 def test_a_server_stopped_mid_collection_is_recorded_and_a_rerun_finishes(
-    smol_servers: SmolServers, server_control: ServerControl, tmp_path: Path
+    smol_servers: SmolServers,
+    endpoint_proxy: Callable[[str], CuttableProxy],
+    tmp_path: Path,
 ) -> None:
-    specs = smol_servers.specs
+    # smol-b is reached through a proxy: cutting it is what a client sees when the server
+    # stops (calls in flight reset, new ones refused), and restoring it is the restart, without
+    # the 1-3 minutes a real vLLM restart costs (test_serving covers the real one).
+    proxy = endpoint_proxy("smol-b")
+    specs = {
+        **smol_servers.specs,
+        "smol-b": smol_servers.specs["smol-b"].model_copy(update={"base_url": proxy.base_url}),
+    }
     strategies = [get_strategy("direct"), get_strategy("cod")]
     questions = _questions(8)
     out = tmp_path / "faults.jsonl"
@@ -141,7 +153,7 @@ def test_a_server_stopped_mid_collection_is_recorded_and_a_rerun_finishes(
             assert not task.done(), "the collection ended before smol-b answered twice"
             await asyncio.sleep(0.1)
         stopped_after["lines"] = len(_rows(out))
-        await asyncio.to_thread(server_control.stop, "smol-b")
+        proxy.cut()
         return await task
 
     first = asyncio.run(run_and_stop_b())
@@ -163,7 +175,8 @@ def test_a_server_stopped_mid_collection_is_recorded_and_a_rerun_finishes(
     }
     assert len(missing) == first.remaining > 0
 
-    server_control.start("smol-b")
+    proxy.restore()
+    fresh_async_http_clients()  # the first run's loop is closed
     second = asyncio.run(
         collect(questions, specs, strategies, out, max_tokens=48, seed=0, progress=False)
     )

@@ -27,9 +27,10 @@ from langchain_core.callbacks import get_usage_metadata_callback
 from langchain_openai import ChatOpenAI
 
 from langchain_rtr.server import build_runnable, create_app
+from tests.integration.conftest import CuttableProxy
 
 if TYPE_CHECKING:
-    from tests.integration.conftest import ServerControl, SmolServers
+    from tests.integration.conftest import SmolServers
 
 KEY = "sk-rtr-integration"
 MAX_TOKENS = 16
@@ -58,8 +59,23 @@ class _Server(uvicorn.Server):
 
 
 @pytest.fixture(scope="module")
+def backend_proxies(smol_servers: SmolServers) -> Iterator[dict[str, CuttableProxy]]:
+    """The endpoint reaches each backend through a proxy, so a test can cut one (a stopped
+    server, as its clients see it) and restore it in milliseconds instead of a vLLM restart."""
+    proxies = {name: CuttableProxy(server.port) for name, server in smol_servers.servers.items()}
+    for proxy in proxies.values():
+        proxy.start()
+    try:
+        yield proxies
+    finally:
+        for proxy in proxies.values():
+            proxy.close()
+
+
+@pytest.fixture(scope="module")
 def rtr_url(
     smol_servers: SmolServers,
+    backend_proxies: dict[str, CuttableProxy],
     tmp_path_factory: pytest.TempPathFactory,
     monkeypatch_module: pytest.MonkeyPatch,
 ) -> Iterator[str]:
@@ -67,8 +83,12 @@ def rtr_url(
     work = tmp_path_factory.mktemp("rtr-server")
     monkeypatch_module.setenv("RTR_CACHE_DIR", str(work / "cache"))
     bench = _bench_module()
-    router_dir = bench.train_synthetic_router(smol_servers.specs, work / "router")
-    models_file = bench.write_models_file(smol_servers.specs, work / "models.yaml")
+    specs = {
+        name: spec.model_copy(update={"base_url": backend_proxies[name].base_url})
+        for name, spec in smol_servers.specs.items()
+    }
+    router_dir = bench.train_synthetic_router(specs, work / "router")
+    models_file = bench.write_models_file(specs, work / "models.yaml")
     runnable, backends = build_runnable(router_dir, models_file)
     app = create_app(runnable, backends=backends, api_key=KEY)
     port = _free_port()
@@ -183,13 +203,16 @@ def test_bad_requests_are_4xx_on_the_wire(rtr_url: str) -> None:
 
 
 def test_a_stopped_backend_means_fallback(
-    client: openai.OpenAI, server_control: ServerControl
+    client: openai.OpenAI, backend_proxies: dict[str, CuttableProxy]
 ) -> None:
     first = client.chat.completions.create(model="rtr", messages=QUESTION, max_tokens=MAX_TOKENS)
-    server_control.stop(first.model)
-    out = client.chat.completions.with_raw_response.create(
-        model="rtr", messages=QUESTION, max_tokens=MAX_TOKENS
-    )
+    backend_proxies[first.model].cut()  # connection refused, as from a stopped server
+    try:
+        out = client.chat.completions.with_raw_response.create(
+            model="rtr", messages=QUESTION, max_tokens=MAX_TOKENS
+        )
+    finally:
+        backend_proxies[first.model].restore()
     parsed = out.parse()
     assert parsed.model != first.model
     rtr = parsed.model_extra["rtr"] if parsed.model_extra else {}
