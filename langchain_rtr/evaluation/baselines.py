@@ -347,6 +347,37 @@ def default_lambdas(points: int = 161) -> list[float]:
     return [float(x) for x in np.unique(lams)]
 
 
+def switch_lambdas(
+    accuracy: np.ndarray, cost_norm: np.ndarray, allowed: np.ndarray, max_points: int = 400
+) -> list[float]:
+    """The λ at which some question's :class:`Tradeoff` pick changes, thinned to quantiles.
+
+    A fixed grid can jump over most of a curve when the predictions are close together (with
+    two pairs each question flips at one λ of its own, and a coarse grid sees only a few flips).
+    Sweeping just past each flip traces every distinct routing the scores allow, so AIQ and
+    APGR measure the predictor rather than the grid.
+    """
+    cols = accuracy.shape[1]
+    points: list[np.ndarray] = []
+    for i in range(cols):
+        for j in range(i + 1, cols):
+            both = allowed[:, i] & allowed[:, j]
+            d_acc = accuracy[both, i] - accuracy[both, j]
+            d_cost = cost_norm[both, i] - cost_norm[both, j]
+            denom = d_acc + d_cost
+            with np.errstate(divide="ignore", invalid="ignore"):
+                lam = d_cost / denom
+            points.append(lam[np.isfinite(lam) & (lam > 0) & (lam < 1)])
+    flips = np.unique(np.concatenate(points)) if points else np.empty(0)
+    if flips.size == 0:
+        return []
+    if flips.size > max_points:
+        flips = np.quantile(flips, np.linspace(0, 1, max_points))
+    # just past each flip on both sides, so the two routings it separates are both seen
+    eps = 1e-9
+    return [float(x) for x in np.unique(np.clip(np.concatenate([flips - eps, flips + eps]), 0, 1))]
+
+
 def tradeoff_choices(
     accuracy: np.ndarray, cost_norm: np.ndarray, allowed: np.ndarray, lam: float
 ) -> np.ndarray:

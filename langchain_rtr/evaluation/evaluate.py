@@ -30,6 +30,7 @@ from langchain_rtr.evaluation.baselines import (
     pair_label,
     random_metrics,
     sweep,
+    switch_lambdas,
     tradeoff_choices,
 )
 from langchain_rtr.evaluation.curves import CurveError, aiq, apgr, cost_to_reach
@@ -200,9 +201,15 @@ def evaluate_routing(
         strong_col, weak_col = (int(active[1]), int(active[0]))
         if accs[0] > accs[1]:
             strong_col, weak_col = weak_col, strong_col
+
+    def method_grid(acc: np.ndarray, cost: np.ndarray) -> list[float]:
+        if lambdas is not None:
+            return grid
+        return sorted(set(grid) | set(switch_lambdas(acc, cost, outcomes.observed)))
+
     curves = {
-        KIND_RTR: sweep(KIND_RTR, outcomes, correctness, rtr_cost, grid, strong_col),
-        KIND_KNN: sweep(KIND_KNN, outcomes, knn_acc, knn_cost, grid, strong_col),
+        kind: sweep(kind, outcomes, acc, cost, method_grid(acc, cost), strong_col)
+        for kind, acc, cost in ((KIND_RTR, correctness, rtr_cost), (KIND_KNN, knn_acc, knn_cost))
     }
 
     single_cost = [m.cost for m in singles]

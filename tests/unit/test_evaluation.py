@@ -330,3 +330,22 @@ def test_evaluate_router_uses_its_encoder_and_scale() -> None:
     assert report.n_questions == len(test)
     # input tokens in the router's $ estimate come from the same rule as routing
     assert estimate_input_tokens(["abcd"])[0] > 0
+
+
+def test_switch_lambdas_trace_every_flip_a_coarse_grid_misses() -> None:
+    from langchain_rtr.evaluation.baselines import default_lambdas, switch_lambdas, tradeoff_choices
+
+    rng = np.random.default_rng(0)
+    n = 60
+    # two pairs: the strong one is slightly more accurate and clearly dearer on every question
+    accuracy = np.stack([np.full(n, 0.5), 0.5 + rng.uniform(0.001, 0.01, n)], axis=1)
+    cost = np.stack([np.zeros(n), np.full(n, 1.0)], axis=1)
+    allowed = np.ones((n, 2), dtype=bool)
+
+    def shares(grid: list[float]) -> set[float]:
+        return {float(np.mean(tradeoff_choices(accuracy, cost, allowed, lam) == 1)) for lam in grid}
+
+    coarse = shares(default_lambdas())
+    dense = shares(sorted(set(default_lambdas()) | set(switch_lambdas(accuracy, cost, allowed))))
+    assert len(dense) == n + 1  # every question switches at its own λ
+    assert len(coarse) < len(dense)
