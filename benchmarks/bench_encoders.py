@@ -54,32 +54,43 @@ def train_router(out: Path) -> None:
     train, _ = split(rs, seed=0)
     for backend in BACKENDS:
         router = fit_router(
-            rs, train, encoder=make_encoder(backend), config=TrainConfig(seed=0, max_epochs=5)
+            rs, train, encoder=make_encoder(backend), config=TrainConfig(seed=0, max_epochs=1)
         )
         router.save(out / backend)
 
 
 CHILD = r"""
-import json, os, resource, sys, time
+import json, os, statistics, sys, time
 t0 = time.perf_counter()
 from langchain_rtr.predictor.backends import make_encoder
 from langchain_rtr.routing import RTRRouter
 backend, path, question = sys.argv[1], sys.argv[2], sys.argv[3]
+more = json.loads(sys.argv[4])
 enc = make_encoder(backend, cache=False, build=False)
 router = RTRRouter.load(path, encoder=enc)
 t1 = time.perf_counter()
 router.route(question)
 t2 = time.perf_counter()
+times = []
+for q in more:
+    t = time.perf_counter()
+    router.route(q)
+    times.append(time.perf_counter() - t)
+# VmHWM (peak RSS since exec); ru_maxrss would carry the parent's peak over from the fork.
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
 print(json.dumps({"import_load_s": t1 - t0, "first_route_s": t2 - t1,
-                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "fresh_single_ms": 1000 * statistics.median(times),
+                  "rss_mb": int(status["VmHWM"].split()[0]) / 1024,
                   "torch": "torch" in sys.modules}))
 """
 
 
-def process_cost(backend: str, router_dir: Path, question: str) -> dict[str, float]:
+def process_cost(
+    backend: str, router_dir: Path, question: str, more: list[str]
+) -> dict[str, float]:
     start = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, backend, str(router_dir), question],
+        [sys.executable, "-c", CHILD, backend, str(router_dir), question, json.dumps(more)],
         capture_output=True,
         text=True,
         check=True,
@@ -111,7 +122,9 @@ def speed(args: argparse.Namespace) -> None:
         t = time.perf_counter()
         router.route_batch(batch)
         batched = len(batch) / (time.perf_counter() - t)
-        proc = process_cost(backend, root / backend, questions[0])
+        proc = process_cost(
+            backend, root / backend, questions[0], questions[args.batch : args.batch + 100]
+        )
         rows.append(
             {
                 "backend": backend,
@@ -122,16 +135,20 @@ def speed(args: argparse.Namespace) -> None:
         )
         print(json.dumps(rows[-1]), flush=True)
     base = rows[0]
-    print(f"\n{len(router.pairs)} pairs; load average {os.getloadavg()[0]:.1f}; 2 cores")
     print(
-        "| backend | one question (median) | vs ST | batched q/s | vs ST "
+        f"\n{len(router.pairs)} pairs; load average {os.getloadavg()[0]:.1f}; "
+        f"{os.cpu_count()} cores; RTR_ENCODER_THREADS={os.environ.get('RTR_ENCODER_THREADS')}"
+    )
+    print(
+        "| backend | one question (median) | vs ST | same, fresh process | batched q/s | vs ST "
         "| import+load | peak RSS | torch imported |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['backend']} | {r['single_ms']:.2f} ms | "
-            f"{base['single_ms'] / r['single_ms']:.1f}x | {r['batched_qps']:.0f} | "
+            f"{base['single_ms'] / r['single_ms']:.1f}x | {r['fresh_single_ms']:.2f} ms | "
+            f"{r['batched_qps']:.0f} | "
             f"{r['batched_qps'] / base['batched_qps']:.1f}x | {r['import_load_s']:.2f} s | "
             f"{r['rss_mb']:.0f} MB | {r['torch']} |"
         )

@@ -43,6 +43,10 @@ _EXPORTS: dict[str, str] = {
     "SentenceTransformerEncoder": "langchain_rtr.predictor",
     "CachedEncoder": "langchain_rtr.predictor",
     "default_encoder": "langchain_rtr.predictor",
+    "make_encoder": "langchain_rtr.predictor.backends",
+    "EncoderBackend": "langchain_rtr.predictor.backends",
+    "EncoderBackendError": "langchain_rtr.predictor.backends",
+    "build_artifact": "langchain_rtr.predictor.backends",
     # routing
     "RTRRouter": "langchain_rtr.routing",
     "Decision": "langchain_rtr.routing",
@@ -193,6 +197,12 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         SentenceTransformerEncoder,
         TrainConfig,
         default_encoder,
+    )
+    from langchain_rtr.predictor.backends import (
+        EncoderBackend,
+        EncoderBackendError,
+        build_artifact,
+        make_encoder,
     )
     from langchain_rtr.questions import Question, read_questions
     from langchain_rtr.routing import (

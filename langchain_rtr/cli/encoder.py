@@ -113,6 +113,22 @@ def _uncertainty(correctness: np.ndarray) -> np.ndarray:
     return np.asarray(np.mean(correctness * (1.0 - correctness), axis=1))
 
 
+class _Projected:
+    """Static vectors mapped into another encoder's space by a fitted linear map, normalised."""
+
+    def __init__(self, inner: Any, weight: np.ndarray, encoder_id: str) -> None:
+        self.inner, self.weight, self.id = inner, weight, encoder_id
+        self.dim = int(weight.shape[1])
+
+    def encode(
+        self, texts: Sequence[str], *, batch_size: int = 64, show_progress: bool = False
+    ) -> np.ndarray:
+        import numpy as np
+
+        v = np.asarray(self.inner.encode(list(texts)), np.float32) @ self.weight
+        return np.asarray(v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12))
+
+
 def compare_backends(
     data: str = "llmrouter",
     *,
@@ -121,6 +137,7 @@ def compare_backends(
     test_fraction: float = 0.2,
     cascade: Sequence[float] = (0.1, 0.25),
     cascade_full: str = "onnx-int8",
+    projection_alpha: float | None = 0.1,
     echo: Callable[[str], None] | None = None,
 ) -> list[QualityRow]:
     """The same held-out evaluation for each backend, on each seed's split.
@@ -130,7 +147,9 @@ def compare_backends(
 
     With the static backend and ``cascade`` shares, also the cascade that sends the static
     predictor's least certain questions (top share by mean ``p(1-p)``, threshold set on the
-    training questions) through the ``cascade_full`` backend's predictor.
+    training questions) through the ``cascade_full`` backend's predictor; and, with
+    ``projection_alpha``, the static vectors mapped by a ridge regression (that penalty) onto the
+    default encoder's vectors of the *training* questions (no labels), heads trained on those.
     """
     import numpy as np
 
@@ -168,6 +187,30 @@ def compare_backends(
             args = (test, prediction, test_emb, train, train_emb, router.models)
             if backend in backends:
                 record(backend, evaluate_routing(*args, **kw))
+        if "static" in outputs and projection_alpha is not None:
+            xs = encoders["static"].encode(train.questions)
+            teacher = encoders.get("sentence-transformers") or make_encoder("sentence-transformers")
+            xt = teacher.encode(train.questions)
+            gram = xs.T @ xs + projection_alpha * np.eye(xs.shape[1], dtype=np.float32)
+            weight = np.linalg.solve(gram, xs.T @ xt).astype(np.float32)
+            projected = _Projected(encoders["static"], weight, f"static-projected:{seed}")
+            router = fit_router(
+                routing_set, train, encoder=projected, config=TrainConfig(seed=seed)
+            )
+            p_test, p_train = projected.encode(test.questions), projected.encode(train.questions)
+            record(
+                "static, projected onto the default's space",
+                evaluate_routing(
+                    test,
+                    router.predictor.predict_embeddings(p_test),
+                    p_test,
+                    train,
+                    p_train,
+                    router.models,
+                    cost_unit=router.cost_unit,
+                    cost_scale=router.cost_scale,
+                ),
+            )
         if "static" not in outputs or not cascade:
             continue
         router, fast, test_emb, train_emb = outputs["static"]

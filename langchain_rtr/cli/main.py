@@ -49,6 +49,14 @@ DataOpt = Annotated[
 ]
 RouterOpt = Annotated[Path, typer.Option("--router", "-r", help="A saved router directory.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of the train/test split and of training.")]
+EncoderOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--encoder",
+        envvar="RTR_ENCODER_BACKEND",
+        help="Question encoder backend: sentence-transformers (default), onnx, onnx-int8, static.",
+    ),
+]
 TestFractionOpt = Annotated[
     float, typer.Option("--test-fraction", help="Share of questions held out for evaluation.")
 ]
@@ -80,6 +88,7 @@ def _train(
     seed: int,
     cost_unit: str | None,
     max_questions: int | None = None,
+    encoder_backend: str | None = None,
 ) -> Any:
     """Load, split, encode and train with progress on stderr: (set, router, train, test)."""
     from langchain_rtr.predictor import TrainConfig
@@ -99,7 +108,7 @@ def _train(
     with err_console.status("encoding questions (cached after the first run)"):
         from langchain_rtr.predictor import default_encoder
 
-        encoder = default_encoder()
+        encoder = default_encoder(backend=encoder_backend)
         encoder.encode(train.questions + test.questions, show_progress=False)
     progress, on_epoch = _epoch_progress(config.max_epochs)
     with progress:
@@ -170,6 +179,21 @@ def _print_decision(router: Any, question: str, policy: Any, allowed: Any) -> di
     return dict(decision.to_dict())
 
 
+def _load_router(router_dir: Path, encoder: str | None, retrain_on: Any = None) -> Any:
+    """A saved router, optionally with another encoder backend (refused unless retraining)."""
+    from langchain_rtr.predictor.backends import make_encoder
+    from langchain_rtr.routing import RTRRouter
+
+    router = RTRRouter.load(
+        router_dir,
+        encoder=make_encoder(encoder) if encoder else None,
+        retrain_on=retrain_on,
+    )
+    if retrain_on is not None:
+        router.fit_cost_scale(retrain_on.questions)
+    return router
+
+
 @app.command()
 def train(
     data: DataOpt = "llmrouter",
@@ -181,11 +205,12 @@ def train(
     cost_unit: Annotated[
         str | None, typer.Option(help="usd or tokens (default: usd when models have prices).")
     ] = None,
+    encoder: EncoderOpt = None,
 ) -> None:
     """Train a router on a routing set's training part and save it."""
     from langchain_rtr.workflow import TrainingInfo, save_training_info
 
-    routing_set, router, _, _ = _train(data, test_fraction, seed, cost_unit)
+    routing_set, router, _, _ = _train(data, test_fraction, seed, cost_unit, None, encoder)
     router.save(out)
     save_training_info(out, TrainingInfo(data, test_fraction, seed, str(router.cost_unit)))
     console.print(f"router saved to {out} ({routing_set.name}, {len(router.pairs)} pairs)")
@@ -203,9 +228,12 @@ def eval_(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON.")] = (
         None
     ),
+    encoder: EncoderOpt = None,
+    retrain: Annotated[
+        bool, typer.Option("--retrain", help="Retrain the heads on --encoder if it differs.")
+    ] = False,
 ) -> None:
     """Evaluate a saved router on the held-out part of its set against the baselines."""
-    from langchain_rtr.routing import RTRRouter
     from langchain_rtr.workflow import evaluate, load_data, load_training_info, split
 
     info = load_training_info(router_dir)
@@ -213,7 +241,6 @@ def eval_(
         raise typer.BadParameter(
             f"{router_dir} has no training.json; say which data to evaluate on with --data"
         )
-    router = RTRRouter.load(router_dir)
     routing_set = load_data(data or info.data)  # type: ignore[union-attr]
     if info is not None and (data is None or data == info.data):
         train_part, test = split(
@@ -225,6 +252,7 @@ def eval_(
     else:
         # Another set: every question is unseen, and KNN's neighbours come from the set itself.
         train_part, test = split(routing_set, test_fraction=0.5, seed=0)
+    router = _load_router(router_dir, encoder, train_part if retrain else None)
     with err_console.status("evaluating"):
         report = evaluate(router, train_part, test, name=routing_set.name)
     _print_report(report, plot, json_out)
@@ -269,13 +297,14 @@ def demo(
             "of the default set takes minutes on 2 cores; `rtr train` uses all by default."
         ),
     ] = 3000,
+    encoder: EncoderOpt = None,
 ) -> None:
     """Train on a bundled set, compare RTR with the baselines, plot, and route examples."""
     from langchain_rtr.workflow import TrainingInfo, evaluate, save_training_info
 
     started = time.perf_counter()
     sample = max_questions or None
-    routing_set, router, train_part, test = _train(data, 0.2, seed, None, sample)
+    routing_set, router, train_part, test = _train(data, 0.2, seed, None, sample, encoder)
     with err_console.status("evaluating against the baselines"):
         report = evaluate(router, train_part, test, name=routing_set.name)
     _print_report(report, out / f"{routing_set.name}-curve.png", out / f"{routing_set.name}.json")
@@ -382,6 +411,11 @@ def bundled() -> None:
             str(len(rs.records)),
         )
     console.print(table)
+
+
+from langchain_rtr.cli.encoder import encoder_app  # noqa: E402
+
+app.add_typer(encoder_app, name="encoder")
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -93,11 +93,12 @@ def resolve_backend(backend: str | None = None) -> EncoderBackend:
         backend = os.environ.get(BACKEND_ENV) or DEFAULT_BACKEND
         where = f"${BACKEND_ENV}"
     name = backend.strip().lower()
-    if name not in BACKENDS:
-        raise EncoderBackendError(
-            f"{where}={backend!r} is not an encoder backend; expected one of {', '.join(BACKENDS)}"
-        )
-    return cast(EncoderBackend, name)
+    for known in BACKENDS:
+        if name == known:
+            return known
+    raise EncoderBackendError(
+        f"{where}={backend!r} is not an encoder backend; expected one of {', '.join(BACKENDS)}"
+    )
 
 
 def backend_encoder_id(backend: EncoderBackend, model_name: str = DEFAULT_MODEL_NAME) -> str:
@@ -368,15 +369,23 @@ def quantize_onnx(fp32_dir: Path, out: Path) -> list[str]:
     Per-tensor scales lose too much (cosine 0.958 against the fp32 vectors); per-channel keeps
     about 0.994.
     """
+    import logging
+
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(
-        str(fp32_dir / ONNX_FILE),
-        str(out / ONNX_FILE),
-        per_channel=True,
-        weight_type=QuantType.QInt8,
-        extra_options={"DefaultTensorType": 1},  # onnx.TensorProto.FLOAT, for fused ops' outputs
-    )
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_dynamic logs a generic pre-processing hint
+    try:
+        quantize_dynamic(
+            str(fp32_dir / ONNX_FILE),
+            str(out / ONNX_FILE),
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            extra_options={"DefaultTensorType": 1},  # TensorProto.FLOAT, for fused ops' outputs
+        )
+    finally:
+        root.setLevel(level)
     shutil.copyfile(fp32_dir / TOKENIZER_FILE, out / TOKENIZER_FILE)
     return [ONNX_FILE, TOKENIZER_FILE]
 
@@ -459,9 +468,14 @@ class OnnxEncoder:
         return self._session, self._tokenizer
 
     def _run(self, texts: Sequence[str]) -> np.ndarray:
-        encodings = self._tokenizer.encode_batch(list(texts))
-        ids = np.array([e.ids for e in encodings], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        if len(texts) == 1:  # the live-routing case: no batch machinery
+            one = self._tokenizer.encode(texts[0])
+            ids = np.asarray(one.ids, dtype=np.int64)[None, :]
+            mask = np.ones_like(ids)
+        else:
+            encodings = self._tokenizer.encode_batch(list(texts))
+            ids = np.array([e.ids for e in encodings], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
         out: np.ndarray = self._session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
         return out
 
@@ -481,9 +495,12 @@ class OnnxEncoder:
         Texts are run in order of length, so a batch pads little.
         """
         texts = list(texts)
-        self._load()
+        if self._session is None:
+            self._load()
         if not texts:
             return np.zeros((0, self.dim), np.float32)
+        if len(texts) == 1:
+            return _as_matrix(self._run(texts), 1, self._dim, self.id)
         step = max(1, min(batch_size, self.max_batch or batch_size))
         order = np.argsort([len(t) for t in texts], kind="stable")
         out = np.empty((len(texts), self.dim), np.float32)

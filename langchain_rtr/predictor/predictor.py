@@ -3,10 +3,9 @@
 The predictor knows nothing of LangChain: it maps question texts to a correctness probability
 and an output-length estimate for every (model, strategy) pair; policies live elsewhere.
 
-torch is imported only to train, to build the torch network (``.net``) or to score large
-batches when it is already loaded: loading a checkpoint (``safetensors.numpy``) and scoring
-(:mod:`~langchain_rtr.predictor.scoring`) run in numpy, so a routing process with a torch-free
-encoder (ONNX, static) never imports torch.
+torch is imported only to train or to build the torch network (``.net``): loading a checkpoint
+(``safetensors.numpy``) and scoring (:mod:`~langchain_rtr.predictor.scoring`) run in numpy, so a
+routing process with a torch-free encoder (ONNX, static) never imports torch.
 """
 
 from __future__ import annotations

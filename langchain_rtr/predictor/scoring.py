@@ -52,7 +52,8 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 def softplus(x: np.ndarray) -> np.ndarray:
     """``log(1 + exp(x))``, stable for large ``x`` (torch's Softplus with beta 1)."""
-    return np.logaddexp(np.float32(0.0), x).astype(np.float32, copy=False)
+    out: np.ndarray = np.logaddexp(np.float32(0.0), x)
+    return out.astype(np.float32, copy=False)
 
 
 @dataclass(frozen=True)
