@@ -182,7 +182,9 @@ def main() -> None:
         spec = ModelSpec(name=args.model, base_url=base_url, max_tokens=args.max_tokens)
         client = ModelRegistry.from_specs({"x": spec})["x"]
         registry = ModelRegistry({m: client for m in router.models})
-        rtr = RTRRunnable(router=router, models=registry, strategies=builtin_strategies())
+        known = {s for _, s in router.pairs}
+        strategies = {n: s for n, s in builtin_strategies().items() if n in known}
+        rtr = RTRRunnable(router=router, models=registry, strategies=strategies)
     else:
         spec = ModelSpec(name=args.model, base_url=base_url, max_tokens=args.max_tokens)
         router = StubRouter(spec, "direct")
