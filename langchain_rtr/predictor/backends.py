@@ -188,7 +188,7 @@ def artifact_ready(path: Path) -> bool:
     return all((path / name).is_file() for name in manifest.get("files", []))
 
 
-_build_lock = threading.Lock()
+_build_lock = threading.RLock()  # int8 builds its fp32 parent while holding it
 
 
 def build_artifact(

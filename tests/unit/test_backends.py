@@ -368,3 +368,34 @@ def test_routing_process_never_imports_torch(
     assert result["torch"] is False
     assert result["encoder"] == backend_encoder_id(backend)  # type: ignore[arg-type]
     assert tuple(result["pair"]) == expected
+
+
+def test_int8_builds_its_fp32_parent_first_without_deadlock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Asking for int8 in an empty cache builds onnx first, under the same build lock."""
+    import threading
+
+    from langchain_rtr.predictor import backends as b
+
+    def fake_export(source: Path, out: Path) -> list[str]:
+        (out / "model.onnx").write_bytes(b"fp32")
+        return ["model.onnx"]
+
+    def fake_quantize(fp32_dir: Path, out: Path) -> list[str]:
+        assert (fp32_dir / "model.onnx").read_bytes() == b"fp32"
+        (out / "model.onnx").write_bytes(b"int8")
+        return ["model.onnx"]
+
+    monkeypatch.setattr(b, "export_onnx", fake_export)
+    monkeypatch.setattr(b, "quantize_onnx", fake_quantize)
+    done: list[object] = []
+    worker = threading.Thread(
+        target=lambda: done.append(b.build_artifact("onnx-int8", cache_dir=tmp_path, log=None)),
+        daemon=True,
+    )
+    worker.start()
+    worker.join(timeout=30)
+    assert done, "build_artifact('onnx-int8') did not finish: the build lock deadlocked"
+    assert b.artifact_ready(b.artifact_dir("onnx", cache_dir=tmp_path))
+    assert b.artifact_ready(b.artifact_dir("onnx-int8", cache_dir=tmp_path))
