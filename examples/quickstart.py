@@ -27,6 +27,10 @@ QUESTIONS = [
 ]
 
 
+def _fmt(value: float | None, spec: str) -> str:
+    return "?" if value is None else format(value, spec)
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description="Route a few questions end to end.")
     ap.add_argument("--models", default="examples/models.cpu.yaml", help="the models file (YAML)")
@@ -52,15 +56,17 @@ async def main() -> None:
         row = r.routing
         print(
             f"  routed to {row.model}/{row.strategy}: "
-            f"predicted correct {row.predicted_correctness}, "
-            f"{row.predicted_tokens} tokens, ${row.predicted_usd}"
+            f"predicted correct {_fmt(row.predicted_correctness, '.2f')}, "
+            f"{_fmt(row.predicted_tokens, '.0f')} tokens, ${_fmt(row.predicted_usd, '.2e')}"
         )
         for f in r.fallbacks:
             print(f"  fell back from {f.model}/{f.strategy}: {f.error}")
         if r.ok:
+            answer = repr(r.answer) if r.answer is not None else f"no answer ({r.parse_error})"
             print(
-                f"  answered by {r.model}/{r.strategy} in {r.latency_s:.2f}s: {r.answer!r} "
-                f"({r.usage.output_tokens if r.usage else '?'} output tokens, ${r.cost})"
+                f"  answered by {r.model}/{r.strategy} in {r.latency_s:.2f}s: {answer} "
+                f"({r.usage.output_tokens if r.usage else '?'} output tokens, "
+                f"${_fmt(r.cost, '.2e')})"
             )
         else:
             print(f"  failed: {r.error}")
