@@ -248,7 +248,7 @@ def bench_scoring(
 
 # ----------------------------------------------------------------------------- peak RSS
 
-CHILD_ROUTE = r"""
+CHILD_PRELUDE = r"""
 import json, resource, sys, time
 def hwm_mb():
     # VmHWM is this process's own peak: ru_maxrss also counts the parent's RSS at fork time,
@@ -257,6 +257,11 @@ def hwm_mb():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+"""
+
+CHILD_ROUTE = (
+    CHILD_PRELUDE
+    + r"""
 t0 = time.perf_counter()
 from langchain_rtr.predictor.backends import make_encoder
 from langchain_rtr.routing import RTRRouter
@@ -269,16 +274,11 @@ t2 = time.perf_counter()
 print(json.dumps({"load_s": t1 - t0, "route_s": t2 - t1, "torch": "torch" in sys.modules,
                   "rss_mb": hwm_mb()}))
 """
+)
 
-CHILD_ENCODE = r"""
-import json, resource, sys, time
-def hwm_mb():
-    # VmHWM is this process's own peak: ru_maxrss also counts the parent's RSS at fork time,
-    # which Linux carries across exec (a vforked child shares the parent's memory until exec).
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+CHILD_ENCODE = (
+    CHILD_PRELUDE
+    + r"""
 t0 = time.perf_counter()
 from langchain_rtr.predictor.encoder import SentenceTransformerEncoder
 questions = json.load(open(sys.argv[1]))
@@ -290,6 +290,7 @@ t2 = time.perf_counter()
 print(json.dumps({"load_s": t1 - t0, "route_s": t2 - t1, "torch": "torch" in sys.modules,
                   "rss_mb": hwm_mb()}))
 """
+)
 
 
 def child(code: str, *args: str) -> dict[str, Any]:

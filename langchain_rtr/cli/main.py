@@ -161,11 +161,11 @@ def _parse_pairs(allow: list[str] | None) -> list[Any] | None:
     return out
 
 
-def _print_decision(router: Any, question: str, policy: Any, allowed: Any) -> dict[str, Any]:
-    table = router.table(question)
-    decision = router.decide(router.tables([question]), policy, allowed)[0]
+def _print_decision(router: Any, question: str, policy: Any, allowed: Any) -> None:
+    tables = router.tables([question])  # one prediction serves the table and the decision
+    decision = router.decide(tables, policy, allowed)[0]
     console.print()
-    console.print(table)
+    console.print(tables[0])
     if decision.model is None:
         console.print(f"decision: [red]no pair chosen[/red] ({decision.status})")
     else:
@@ -176,7 +176,6 @@ def _print_decision(router: Any, question: str, policy: Any, allowed: Any) -> di
             f"decision: [green]{decision.model} / {decision.strategy}[/green] "
             f"(p(correct) {decision.correctness:.2f}{tokens}; {decision.status})"
         )
-    return dict(decision.to_dict())
 
 
 def _load_router(router_dir: Path, encoder: str | None, retrain_on: Any = None) -> Any:

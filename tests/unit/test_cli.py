@@ -93,25 +93,30 @@ def test_route_prints_the_table_and_decision(trained: Path) -> None:
     assert "small" in result.output and "big" in result.output
 
 
-def test_route_json_respects_allowed_pairs(trained: Path) -> None:
+def _route_json(trained: Path, *args: str) -> dict[str, object]:
     result = runner.invoke(
-        app,
-        ["route", "What is 9 times 7?", "--router", str(trained), "--json", "--allow", "small"],
+        app, ["route", "What is 9 times 7?", "--router", str(trained), "--json", *args]
     )
     assert result.exit_code == 0, result.output
-    decision = json.loads(result.stdout)
-    assert decision["model"] == "small"
+    decision: dict[str, object] = json.loads(result.stdout)
+    return decision
+
+
+def test_route_json_respects_allowed_pairs(trained: Path) -> None:
+    assert _route_json(trained, "--allow", "small")["model"] == "small"
 
 
 def test_route_token_budget_is_never_exceeded(trained: Path) -> None:
-    result = runner.invoke(
-        app,
-        ["route", "What is 9 times 7?", "--router", str(trained), "--json", "--max-tokens", "70"],
-    )
-    assert result.exit_code == 0, result.output
-    decision = json.loads(result.stdout)
-    if decision["model"] is not None:
-        assert decision["output_tokens"] <= 70
+    # the small model's answers take 20-60 tokens, the big one's 60-180: only small fits 70
+    decision = _route_json(trained, "--max-tokens", "70")
+    assert decision["model"] == "small"
+    assert isinstance(decision["output_tokens"], float) and decision["output_tokens"] <= 70
+
+
+def test_route_token_budget_nothing_fits_is_explicit(trained: Path) -> None:
+    decision = _route_json(trained, "--max-tokens", "1")
+    assert decision["model"] is None
+    assert decision["status"] == "no_pair_fits"
 
 
 def test_eval_writes_plot_and_json(trained: Path, tmp_path: Path) -> None:
