@@ -30,7 +30,7 @@ from langchain_rtr.predictor import (
     SentenceTransformerEncoder,
     TrainConfig,
 )
-from langchain_rtr.predictor.model import RTRNet
+from langchain_rtr.predictor.model import RTREnsemble, RTRNet
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 GSM8K = DATA / "routellm" / "gsm8k_responses.csv"
@@ -51,24 +51,29 @@ def route(correctness: np.ndarray, tokens: np.ndarray | None) -> np.ndarray:
 
 
 def random_predictor(n_models: int, n_strategies: int, dim: int = 384) -> RTRPredictor:
-    """A predictor of the default size with random weights: speed does not depend on training."""
+    """A predictor of the default size (``TrainConfig().ensemble`` networks) with random weights:
+    speed does not depend on training."""
     torch.manual_seed(0)
     pairs = [(f"m{i}", f"s{j}") for i in range(n_models) for j in range(n_strategies)]
-    net = RTRNet(
-        torch.randn(n_models, dim),
-        torch.randn(n_strategies, dim),
-        torch.tensor([i for i in range(n_models) for _ in range(n_strategies)]),
-        torch.tensor([j for _ in range(n_models) for j in range(n_strategies)]),
-        question_dim=dim,
-        learnable_dim=64,
-        hidden=768,
-        length_head=True,
-    )
+    config = TrainConfig()
+    members = [
+        RTRNet(
+            torch.randn(n_models, dim),
+            torch.randn(n_strategies, dim),
+            torch.tensor([i for i in range(n_models) for _ in range(n_strategies)]),
+            torch.tensor([j for _ in range(n_models) for j in range(n_strategies)]),
+            question_dim=dim,
+            learnable_dim=config.learnable_dim,
+            hidden=config.hidden,
+            length_head=True,
+        )
+        for _ in range(config.ensemble)
+    ]
     return RTRPredictor(
-        net,
+        RTREnsemble(members),
         pairs=pairs,
         encoder=_NoEncoder(dim),
-        config=TrainConfig(),
+        config=config,
         length_scale=6.0,
         model_descriptions={},
         strategy_descriptions={},
@@ -84,41 +89,32 @@ class _NoEncoder:
 
 
 def naive_scores(predictor: RTRPredictor, q: np.ndarray, chunk: int = 16_384) -> np.ndarray:
-    """The paper's formulation: the full MLP on each concatenated [q; m; s] row."""
-    net = predictor.net
-    head = net.correctness
-    full = torch.nn.Linear(
-        head.question.in_features + head.pair.in_features, head.pair.out_features
-    )
-    out = np.empty((q.shape[0], len(predictor.pairs)), np.float32)
+    """The paper's formulation: each member's full MLP on every concatenated [q; m; s] row
+    (both heads), the members' logits averaged."""
+    members = list(predictor.net.members)
+    logits = np.zeros((q.shape[0], len(predictor.pairs)), np.float32)
+    qt = torch.from_numpy(q)
     with torch.inference_mode():
-        full.weight.copy_(torch.cat([head.question.weight, head.pair.weight], 1))
-        full.bias.copy_(head.pair.bias)
-        length_full = None
-        if net.length is not None:
-            length_full = torch.nn.Linear(full.in_features, full.out_features)
-            length_full.weight.copy_(
-                torch.cat([net.length.question.weight, net.length.pair.weight], 1)
-            )
-            length_full.bias.copy_(net.length.pair.bias)
-        pairs = net.pair_features()
-        n_pairs = pairs.shape[0]
-        qt = torch.from_numpy(q)
-        rows = max(1, chunk // n_pairs)
-        for start in range(0, q.shape[0], rows):
-            qb = qt[start : start + rows]
-            x = torch.cat(
-                [
-                    qb.repeat_interleave(n_pairs, 0),
-                    pairs.repeat(qb.shape[0], 1),
-                ],
-                1,
-            )
-            logits = head.out(torch.relu(full(x))).view(qb.shape[0], n_pairs)
-            if length_full is not None and net.length is not None:
-                net.length.out(torch.relu(length_full(x)))
-            out[start : start + rows] = torch.sigmoid(logits).numpy()
-    return out
+        for net in members:
+            pairs = net.pair_features()
+            n_pairs = pairs.shape[0]
+            fulls = []
+            for head in (net.correctness, net.length):
+                full = torch.nn.Linear(
+                    head.question.in_features + head.pair.in_features, head.pair.out_features
+                )
+                full.weight.copy_(torch.cat([head.question.weight, head.pair.weight], 1))
+                full.bias.copy_(head.pair.bias)
+                fulls.append((full, head.out))
+            rows = max(1, chunk // n_pairs)
+            for start in range(0, q.shape[0], rows):
+                qb = qt[start : start + rows]
+                x = torch.cat([qb.repeat_interleave(n_pairs, 0), pairs.repeat(qb.shape[0], 1)], 1)
+                (c_full, c_out), (l_full, l_out) = fulls
+                l_out(torch.relu(l_full(x)))  # the length head costs the same; computed, unused
+                block = c_out(torch.relu(c_full(x))).view(qb.shape[0], n_pairs)
+                logits[start : start + rows] += block.numpy() / len(members)
+    return 1.0 / (1.0 + np.exp(-logits))
 
 
 def best_of(fn: Callable[[], object], repeats: int = 5) -> float:
@@ -326,8 +322,9 @@ def time_training(
     s = predictor.summary
     print(
         f"{name}: {s.train_questions} + {s.validation_questions} validation questions x "
-        f"{len(train.pairs)} pairs: {elapsed:.1f} s, {s.epochs} epochs "
-        f"({elapsed / s.epochs:.2f} s/epoch, best {s.best_epoch}), length head "
+        f"{len(train.pairs)} pairs: {elapsed:.1f} s, {sum(s.epochs)} epochs over "
+        f"{len(s.epochs)} networks ({elapsed / sum(s.epochs):.2f} s/epoch, best "
+        f"{s.best_epochs}), length head "
         f"{predictor.has_length_head}, held-out cell accuracy {acc:.3f}"
     )
 

@@ -15,12 +15,15 @@ encoder and MLPs are included.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import os
 import statistics
 import threading
 import time
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from langchain_core.prompts import ChatPromptTemplate
@@ -32,6 +35,13 @@ from langchain_rtr.specs import ModelSpec
 from langchain_rtr.strategies.base import Strategy
 
 QUESTIONS = [f"What is {a} + {b}?" for a, b in zip(range(3, 60), range(17, 80), strict=False)]
+GSM8K = Path(os.environ.get("RTR_GSM8K_CSV", "/work/shared/data/routellm/gsm8k_responses.csv"))
+
+
+def gsm8k_questions(n: int) -> list[str]:
+    """``n`` distinct GSM8K problems (the same file as the routing benchmarks)."""
+    with GSM8K.open(newline="", encoding="utf-8") as fh:
+        return list(dict.fromkeys(row["prompt"] for row in csv.DictReader(fh)))[:n]
 
 
 # --------------------------------------------------------------------------- stub server
@@ -162,6 +172,12 @@ def main() -> None:
     ap.add_argument("--router", help="directory of a saved RTRRouter (default: stub routing)")
     ap.add_argument("-n", type=int, default=50, help="calls per side (default 50)")
     ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument(
+        "--questions",
+        choices=["arith", "gsm8k"],
+        default="arith",
+        help="short sums, or GSM8K problems from ../shared/data (longer: encoding costs more)",
+    )
     args = ap.parse_args()
 
     server = None
@@ -174,10 +190,13 @@ def main() -> None:
         prompt=ChatPromptTemplate.from_messages([("human", "{question}")]),
     )
     if args.router:
+        from langchain_rtr.predictor.encoder import uncached
         from langchain_rtr.routing import RTRRouter
         from langchain_rtr.strategies import builtin_strategies
 
         router: Any = RTRRouter.load(args.router)
+        # every question encoded afresh: the on-disk cache would hide the encoder's cost
+        router.predictor.encoder = uncached(router.predictor.encoder)
         # every model of the router is served by the one endpoint, as the same client
         spec = ModelSpec(name=args.model, base_url=base_url, max_tokens=args.max_tokens)
         client = ModelRegistry.from_specs({"x": spec})["x"]
@@ -199,13 +218,14 @@ def main() -> None:
         result = rtr.invoke(q)
         assert result.ok, result.error
 
-    for q in QUESTIONS[:5]:  # warm up connections, encoder, imports
+    questions = gsm8k_questions(args.n + 5) if args.questions == "gsm8k" else QUESTIONS
+    for q in questions[-5:]:  # warm up connections, encoder, imports (not measured again)
         direct(q)
         routed(q)
     t_direct: list[float] = []
     t_routed: list[float] = []
     for i in range(args.n):
-        q = QUESTIONS[i % len(QUESTIONS)]
+        q = questions[i % (len(questions) - 5)]
         t0 = time.perf_counter()
         direct(q)
         t1 = time.perf_counter()
@@ -216,7 +236,7 @@ def main() -> None:
     md, mr = statistics.median(t_direct), statistics.median(t_routed)
     backend = "in-process stub server" if server else base_url
     routing = f"router {args.router}" if args.router else "stub routing (dispatch only)"
-    print(f"backend: {backend}; {routing}; n={args.n}")
+    print(f"backend: {backend}; {routing}; {args.questions} questions; n={args.n}")
     print(f"direct ChatOpenAI  median {md * 1e3:8.2f} ms")
     print(f"RTRRunnable        median {mr * 1e3:8.2f} ms")
     print(f"overhead           median {(mr - md) * 1e3:8.2f} ms (target < 20 ms)")

@@ -14,6 +14,12 @@ What runs, all on 127.0.0.1, each in its own process:
   seconds, at most `--max-requests` in all, each request with a unique `x-request-id`.
 
 Half-way (`--stop-at`), `smol-a` is stopped: its requests must fall back to `smol-b`, not fail.
+Streams it was answering are continued by `smol-b` (counted as "continued streams").
+
+Memory soak: `--no-stop --duration 240 --baseline-seconds 0` prints the server's RSS at
+`--rss-points` moments with the requests answered so far, so warm-up (the first minute: encoder
+buffers, connection pools, allocator arenas) can be told apart from growth per request, and the
+growth over the second half, per minute and per 10,000 requests.
 
 Printed: throughput; client latency p50/p99; the time the router adds, p50/p99, from the
 server's own `x-rtr-overhead-ms` (request time minus time in backend calls), so it holds even
@@ -250,6 +256,7 @@ class Outcome:
     overhead_ms: float | None = None
     model: str | None = None
     fallbacks: int = 0
+    continued: bool = False
     stream: bool = False
     t_end: float = 0.0
 
@@ -298,6 +305,7 @@ async def one_request(
                 elif chunk.get("rtr") and out.overhead_ms is None:
                     out.overhead_ms = float(chunk["rtr"]["timing_ms"]["overhead"])
                     out.fallbacks = len(chunk["rtr"]["fallbacks"])
+                    out.continued = bool(chunk["rtr"].get("continued"))
                     out.model = chunk["rtr"]["model"]
         else:
             parsed = json.loads(raw)
@@ -345,7 +353,7 @@ async def run_load(
                 )
 
         tasks = [asyncio.create_task(worker(w)) for w in range(clients)]
-        ticker = asyncio.create_task(on_tick(t_start)) if on_tick else None
+        ticker = asyncio.create_task(on_tick(t_start, result)) if on_tick else None
         # bounded in time: the duration, then at most one request timeout for stragglers
         done, pending = await asyncio.wait(tasks, timeout=duration + timeout + 5)
         for task in pending:
@@ -386,6 +394,7 @@ def summarise(name: str, res: LoadResult, echo: bool = True) -> dict[str, Any]:
         "duplicated": duplicated,
         "id_mismatch": mismatched,
         "fell_back": sum(1 for o in ok if o.fallbacks),
+        "continued_streams": sum(1 for o in ok if o.continued),
         "by_model": dict(Counter(o.model for o in ok)),
         "streams": sum(1 for o in res.outcomes if o.stream),
         "wall_s": res.wall_s,
@@ -408,8 +417,48 @@ def summarise(name: str, res: LoadResult, echo: bool = True) -> dict[str, Any]:
         f"  errors {dict(errors) or 'none'}; lost {lost}; duplicated {duplicated}; "
         f"id not echoed back {mismatched}"
     )
-    print(f"  answered after a fallback {summary['fell_back']}; by model {summary['by_model']}")
+    failed = sorted((o for o in res.outcomes if o.error), key=lambda o: o.t_end)
+    if failed:
+        t0 = min(o.t_end - o.latency_s for o in res.outcomes)
+        shown = ", ".join(
+            f"t={o.t_end - t0:.0f}s {'stream' if o.stream else 'plain'} {o.error}"
+            for o in failed[:5]
+        )
+        print(f"  first errors: {shown}")
+    print(
+        f"  answered after a fallback {summary['fell_back']} (streams continued mid-answer "
+        f"{summary['continued_streams']}); by model {summary['by_model']}"
+    )
     return summary
+
+
+def report_rss(samples: list[tuple[float, float, int]], points: int) -> dict[str, Any]:
+    """Print RSS at `points` moments and the growth over the second half (after warm-up)."""
+    print("  server RSS over the run:")
+    picks = sorted({round(i * (len(samples) - 1) / max(1, points - 1)) for i in range(points)})
+    for i in picks:
+        t, mb, done = samples[i]
+        print(f"    t={t:6.0f} s  requests {done:8,d}  RSS {mb:7.1f} MB")
+    mid = samples[len(samples) // 2]
+    end = samples[-1]
+    grown = end[1] - mid[1]
+    minutes = (end[0] - mid[0]) / 60.0
+    per_10k = grown / max(1, end[2] - mid[2]) * 10_000
+    values = [mb for _, mb, _ in samples]
+    print(
+        f"  second half: {grown:+.1f} MB over {minutes:.1f} min and {end[2] - mid[2]:,} requests "
+        f"({grown / minutes if minutes else 0.0:+.1f} MB/min, {per_10k:+.1f} MB per 10k requests); "
+        f"max {max(values):.0f} MB"
+    )
+    return {
+        "samples": [{"t_s": t, "mb": mb, "requests": n} for t, mb, n in samples],
+        "start": values[0],
+        "mid": mid[1],
+        "end": end[1],
+        "max": max(values),
+        "second_half_mb": grown,
+        "second_half_mb_per_10k_requests": per_10k,
+    }
 
 
 # --------------------------------------------------------------------------- main
@@ -426,6 +475,9 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=180.0, help="per request, client side")
     ap.add_argument("--baseline-seconds", type=float, default=15.0, help="stub only")
     ap.add_argument("--json", type=Path, help="write the figures here")
+    ap.add_argument(
+        "--rss-points", type=int, default=8, help="RSS samples printed over the routed phase"
+    )
     args = ap.parse_args()
     if args.max_tokens > 32 and args.backend == "vllm":
         ap.error("keep --max-tokens <= 32 on the CPU servers")
@@ -567,15 +619,15 @@ def main() -> None:
             if args.no_stop
             else (args.stop_at if args.stop_at is not None else args.duration / 2)
         )
-        rss: list[tuple[float, float]] = []
+        rss: list[tuple[float, float, int]] = []  # (seconds in, MB, requests answered)
         stopped: dict[str, float] = {}
 
-        async def tick(t_start: float) -> None:
+        async def tick(t_start: float, progress: LoadResult) -> None:
             while True:
                 now = time.perf_counter() - t_start
                 value = rss_mb(server.pid)
                 if value is not None:
-                    rss.append((now, value))
+                    rss.append((now, value, len(progress.outcomes)))
                 if stop_at is not None and not stopped and now >= stop_at:
                     stopped["smol-a"] = now
                     print(f"  t={now:.1f} s: stopping backend smol-a")
@@ -612,18 +664,7 @@ def main() -> None:
         )
         figures["server_stats"] = stats
         if rss:
-            values = [v for _, v in rss]
-            quarter = values[len(values) // 4]
-            print(
-                f"  server RSS: start {values[0]:.0f} MB, at 25% {quarter:.0f} MB, "
-                f"end {values[-1]:.0f} MB, max {max(values):.0f} MB ({len(values)} samples)"
-            )
-            figures["rss_mb"] = {
-                "start": values[0],
-                "q1": quarter,
-                "end": values[-1],
-                "max": max(values),
-            }
+            figures["rss_mb"] = report_rss(rss, args.rss_points)
         if args.json:
             args.json.write_text(json.dumps(figures, indent=2, default=str))
         print(f"\nlogs in {work}")

@@ -34,9 +34,16 @@ run (`on_custom_event` in handlers, `astream_events`), and the chat model's chil
 `rtr_model`, `rtr_strategy`, `rtr_attempt`, `rtr_predicted_*` in its metadata.
 
 Streaming: `stream`/`astream` yield the chosen model's `AIMessageChunk`s as they arrive, then one
-final `RTRResult`. A pair that fails before its first chunk falls back silently (listed in the
-result); one that fails mid-answer ends the call with `error` set, since what was streamed
-cannot be taken back.
+final `RTRResult`. A pair that fails before its first token falls back silently (listed in the
+result). What was streamed cannot be taken back, so an endpoint that fails mid-answer is not
+restarted: another model *continues* the answer. It gets the same rendered prompt plus the
+partial answer as a final assistant message, with vLLM's `continue_final_message: true` and
+`add_generation_prompt: false`, and `max_tokens` lowered by the tokens already streamed; its
+chunks follow the ones already yielded. The strategy stays the one that shaped the partial
+answer; the model is the next-best one with a pair of that strategy, else the next-best one at
+all, among `continuable_models`. The cut pair is listed in `fallbacks` with `streamed_tokens`
+set, and the result's usage is the sum of both attempts (see `_stream_answer`). When no model
+can continue, or the continuation fails too, the call ends with `error` set.
 """
 
 from __future__ import annotations
@@ -52,7 +59,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, Union, cast
 
 from langchain_core.callbacks import adispatch_custom_event, dispatch_custom_event
@@ -82,6 +89,7 @@ from langchain_rtr.specs import ModelSpec
 
 __all__ = [
     "CONFIG_KEYS",
+    "CONTINUE_BODY",
     "AllPairsFailedError",
     "FailedAttempt",
     "RTRInput",
@@ -101,6 +109,9 @@ CONFIG_KEYS = ("rtr_lambda", "rtr_max_tokens", "rtr_allowed_pairs", "rtr_policy"
 
 DECISION_EVENT = "rtr_decision"
 """Name of the custom event carrying the routing decision."""
+
+CONTINUE_BODY: dict[str, Any] = {"continue_final_message": True, "add_generation_prompt": False}
+"""vLLM's chat request fields that make the model continue the final assistant message."""
 
 
 # --------------------------------------------------------------------------- interfaces
@@ -168,6 +179,10 @@ class FailedAttempt(BaseModel):
     error_type: str
     error: str
     retryable: bool
+    streamed_tokens: int = 0
+    """Tokens of its answer streamed before it failed (counted as content chunks, one token
+    each from vLLM); 0: it failed before answering. Above 0, the answer was handed on to
+    another model to continue, where one could."""
 
 
 class RTRResult(BaseModel):
@@ -206,6 +221,11 @@ class RTRResult(BaseModel):
     def fell_back(self) -> bool:
         """Whether the answer came from a pair other than the router's first choice."""
         return bool(self.fallbacks) and self.message is not None
+
+    @property
+    def continued(self) -> bool:
+        """Whether a model continued a streamed answer that another one broke off."""
+        return self.message is not None and any(f.streamed_tokens for f in self.fallbacks)
 
 
 class AllPairsFailedError(RTRError):
@@ -344,14 +364,24 @@ def _describe(exc: BaseException) -> str:
     return text if len(text) <= 500 else text[:497] + "..."
 
 
-def _failed(attempt: _Attempt, exc: BaseException) -> FailedAttempt:
+def _failed(attempt: _Attempt, exc: BaseException, streamed_tokens: int = 0) -> FailedAttempt:
     return FailedAttempt(
         model=attempt.pair[0],
         strategy=attempt.pair[1],
         error_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
         error=_describe(exc),
         retryable=is_endpoint_failure(exc),
+        streamed_tokens=streamed_tokens,
     )
+
+
+def _count_tokens(chunks: Sequence[AIMessageChunk]) -> int:
+    """Tokens in streamed chunks: vLLM sends one token per content chunk."""
+    return sum(1 for c in chunks if c.text)
+
+
+_Streamed = list[tuple[_Attempt, list[AIMessageChunk]]]
+"""The attempts whose text reached the caller, in order, with their chunks."""
 
 
 SyncCall = Callable[[_Attempt], AIMessage]
@@ -392,6 +422,10 @@ class RTRRunnable(RunnableSerializable[RTRInput, RTRResult]):
     """Raise `AllPairsFailedError` instead of returning a result with `error` set."""
     route_in_thread: bool = True
     """In async calls, run the router (a sentence encoder + MLP) in a worker thread."""
+    continuable_models: list[str] | None = None
+    """Models that may continue a stream another model broke off (their server must take
+    vLLM's `continue_final_message`). None: every `ChatOpenAI` with a `base_url`, which is
+    what models built from specs are (this project serves them with vLLM); `[]`: none."""
 
     _servable: frozenset[Pair] = PrivateAttr()
     _allowed: frozenset[Pair] | None = PrivateAttr()
@@ -469,6 +503,14 @@ class RTRRunnable(RunnableSerializable[RTRInput, RTRResult]):
         if self.allowed_pairs is not None:
             allowed = allowed & self._check_pairs(self.allowed_pairs, "allowed_pairs")
         self._allowed = None if allowed == known else allowed
+        if self.continuable_models is not None:
+            unknown = sorted(set(self.continuable_models) - set(registry))
+            if unknown:
+                msg = (
+                    f"continuable_models: {unknown} have no chat model here "
+                    f"(registered: {sorted(registry)})"
+                )
+                raise ConfigError(msg)
 
     # ----------------------------------------------------------------- configuration
     @property
@@ -644,13 +686,17 @@ class RTRRunnable(RunnableSerializable[RTRInput, RTRResult]):
         message: AIMessage | None = None,
         parsed: Any = None,
         exception: BaseException | None = None,
+        parts: Sequence[tuple[str, Usage]] | None = None,
     ) -> RTRResult:
+        """The result; `parts` is the usage per model when several wrote the answer."""
         usage = _usage_of(message) if message is not None else None
+        if parts is None:
+            parts = [(attempt.pair[0], usage)] if attempt is not None and usage else []
         cost = None
-        if attempt is not None and usage is not None:
-            spec = self.router.models.get(attempt.pair[0])
+        for model, spent in parts:
+            spec = self.router.models.get(model)
             if spec is not None:
-                cost = spec.call_cost(usage.input_tokens, usage.output_tokens)
+                cost = (cost or 0.0) + spec.call_cost(spent.input_tokens, spent.output_tokens)
         error = None
         if message is None:
             if failures:
@@ -682,6 +728,9 @@ class RTRRunnable(RunnableSerializable[RTRInput, RTRResult]):
         return result
 
     # ----------------------------------------------------------------- engines
+    # `_prepare`, `_route`, `_route_many`, `_aroute`, `_execute*` and `_aexecute*` are the
+    # internal seam that `server.py` and `chat_model.py` build on: they bring their own `call`
+    # (to time it, or to pass their own config), and every fallback rule lives here.
     def _execute(self, req: _Request, decision: Any, call: SyncCall) -> RTRResult:
         started = time.perf_counter()
         failures: list[FailedAttempt] = []
@@ -728,65 +777,173 @@ class RTRRunnable(RunnableSerializable[RTRInput, RTRResult]):
             return self._result(req, decision, started, failures, attempt, message, parsed)
         return self._result(req, decision, started, failures, last, exception=last_exc)
 
+    def _can_continue(self, model: str) -> bool:
+        """Whether `model`'s server can continue a final assistant message (vLLM can)."""
+        if self.continuable_models is not None:
+            return model in self.continuable_models
+        try:
+            from langchain_openai import ChatOpenAI
+        except ImportError:  # pragma: no cover - langchain-openai is a dependency
+            return False
+        chat = self.models[model]
+        return isinstance(chat, ChatOpenAI) and bool(chat.openai_api_base)
+
+    def _continuation(
+        self, req: _Request, decision: Any, failures: list[FailedAttempt], streamed: _Streamed
+    ) -> _Attempt | None:
+        """The attempt that continues the streamed answer on another model, if one can.
+
+        The strategy stays the one that shaped the partial answer, so models with a pair of
+        that strategy come first, then the rest in ranking order.
+        """
+        first = streamed[0][0]
+        strategy = first.pair[1]
+        failed = {f.model for f in failures}
+        plan = self._plan(req, decision)
+        ranked = [m for m, s in plan if s == strategy] + [m for m, _ in plan]
+        model = next(
+            (m for m in dict.fromkeys(ranked) if m not in failed and self._can_continue(m)), None
+        )
+        if model is None:
+            return None
+        attempt = self._attempt(req, (model, strategy), len(failures))
+        partial = "".join(c.text for _, chunks in streamed for c in chunks)
+        kwargs = dict(attempt.kwargs)
+        if attempt.max_tokens is not None:
+            done = sum(_count_tokens(chunks) for _, chunks in streamed)
+            kwargs["max_tokens"] = max(1, attempt.max_tokens - done)
+        # A per-call extra_body replaces the client's own (ChatOpenAI), so merge all three.
+        kwargs["extra_body"] = {
+            **(getattr(attempt.model, "extra_body", None) or {}),
+            **(kwargs.get("extra_body") or {}),
+            **CONTINUE_BODY,
+        }
+        messages = [*first.messages, AIMessage(content=partial)]
+        return replace(attempt, messages=messages, kwargs=kwargs)
+
+    def _next_stream_attempt(
+        self,
+        req: _Request,
+        decision: Any,
+        plan: Iterator[Pair],
+        failures: list[FailedAttempt],
+        streamed: _Streamed,
+    ) -> _Attempt | None:
+        """The next pair to try: from the plan until text is out, then a continuation."""
+        if len(failures) >= self.max_attempts:
+            return None
+        if streamed:
+            return self._continuation(req, decision, failures, streamed)
+        for pair in plan:
+            if not self._skip(pair, failures):
+                return self._attempt(req, pair, len(failures))
+        return None
+
+    @staticmethod
+    def _stream_answer(streamed: _Streamed) -> tuple[AIMessage, list[tuple[str, Usage]] | None]:
+        """The whole streamed answer, and its usage per model when several models wrote it.
+
+        A cut attempt rarely got its usage report (it comes last), so it is counted from the
+        stream: its output is its content chunks, its input the prompt, which is the
+        continuation's reported input less the partial answer it was given (exact when both
+        share a tokenizer).
+        """
+        last = _join(streamed[-1][1])
+        if len(streamed) == 1:
+            return last, None
+        text = "".join(c.text for _, chunks in streamed for c in chunks)
+        final = _usage_of(last)
+        if final is None:  # the backend reports no usage: nothing to add up
+            return last.model_copy(update={"content": text}), None
+        counts = [_count_tokens(chunks) for _, chunks in streamed[:-1]]
+        prompt = max(0, final.input_tokens - sum(counts))
+        parts: list[tuple[str, Usage]] = []
+        for i, (attempt, chunks) in enumerate(streamed[:-1]):
+            spent_in = prompt + sum(counts[:i])
+            counted = Usage(
+                input_tokens=spent_in, output_tokens=counts[i], total_tokens=spent_in + counts[i]
+            )
+            parts.append((attempt.pair[0], _usage_of(_join(chunks)) or counted))
+        parts.append((streamed[-1][0].pair[0], final))
+        total_in = sum(u.input_tokens for _, u in parts)
+        total_out = sum(u.output_tokens for _, u in parts)
+        usage = {
+            "input_tokens": total_in,
+            "output_tokens": total_out,
+            "total_tokens": total_in + total_out,
+        }
+        return last.model_copy(update={"content": text, "usage_metadata": usage}), parts
+
     def _execute_stream(
         self, req: _Request, decision: Any, call: SyncStreamCall
     ) -> Iterator[AIMessageChunk | RTRResult]:
         started = time.perf_counter()
         failures: list[FailedAttempt] = []
+        streamed: _Streamed = []
+        plan = iter(self._plan(req, decision))
         last: _Attempt | None = None
         last_exc: BaseException | None = None
-        for pair in self._plan(req, decision):
-            if len(failures) >= self.max_attempts:
-                break
-            if self._skip(pair, failures):
-                continue
-            last = attempt = self._attempt(req, pair, len(failures))
+        while attempt := self._next_stream_attempt(req, decision, plan, failures, streamed):
+            last = attempt
             chunks: list[AIMessageChunk] = []
             try:
                 for chunk in call(attempt):
                     chunks.append(chunk)
                     yield chunk
             except Exception as exc:
-                failures.append(_failed(attempt, exc))
                 last_exc = exc
-                if failures[-1].retryable and not chunks:
+                failures.append(_failed(attempt, exc, _count_tokens(chunks)))
+                if failures[-1].streamed_tokens:
+                    streamed.append((attempt, chunks))
+                if failures[-1].retryable:
                     continue
                 yield self._result(req, decision, started, failures, attempt, exception=exc)
                 return
-            message = _join(chunks)
+            streamed.append((attempt, chunks))
+            message, parts = self._stream_answer(streamed)
             parsed = attempt.strategy.parse(message)
-            yield self._result(req, decision, started, failures, attempt, message, parsed)
+            yield self._result(
+                req, decision, started, failures, attempt, message, parsed, parts=parts
+            )
             return
         yield self._result(req, decision, started, failures, last, exception=last_exc)
 
     async def _aexecute_stream(
         self, req: _Request, decision: Any, call: AsyncStreamCall
     ) -> AsyncIterator[AIMessageChunk | RTRResult]:
+        """Stream `call`'s chunks, falling back before the first token and continuing after it.
+
+        The engine behind `astream`, `RTRChatModel._astream` and the server's streamed answers:
+        chunks as they come, then one `RTRResult`.
+        """
         started = time.perf_counter()
         failures: list[FailedAttempt] = []
+        streamed: _Streamed = []
+        plan = iter(self._plan(req, decision))
         last: _Attempt | None = None
         last_exc: BaseException | None = None
-        for pair in self._plan(req, decision):
-            if len(failures) >= self.max_attempts:
-                break
-            if self._skip(pair, failures):
-                continue
-            last = attempt = self._attempt(req, pair, len(failures))
+        while attempt := self._next_stream_attempt(req, decision, plan, failures, streamed):
+            last = attempt
             chunks: list[AIMessageChunk] = []
             try:
                 async for chunk in call(attempt):
                     chunks.append(chunk)
                     yield chunk
             except Exception as exc:
-                failures.append(_failed(attempt, exc))
                 last_exc = exc
-                if failures[-1].retryable and not chunks:
+                failures.append(_failed(attempt, exc, _count_tokens(chunks)))
+                if failures[-1].streamed_tokens:
+                    streamed.append((attempt, chunks))
+                if failures[-1].retryable:
                     continue
                 yield self._result(req, decision, started, failures, attempt, exception=exc)
                 return
-            message = _join(chunks)
+            streamed.append((attempt, chunks))
+            message, parts = self._stream_answer(streamed)
             parsed = await attempt.strategy.aparse(message)
-            yield self._result(req, decision, started, failures, attempt, message, parsed)
+            yield self._result(
+                req, decision, started, failures, attempt, message, parsed, parts=parts
+            )
             return
         yield self._result(req, decision, started, failures, last, exception=last_exc)
 

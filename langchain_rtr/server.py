@@ -7,7 +7,9 @@ Any OpenAI client (the `openai` package, `ChatOpenAI`, curl) talks to it unchang
   knobs in the name (`rtr:lambda=0.7`, `rtr:max_tokens=600,floor=0.6`) or in an `rtr` object in
   the body (`{"rtr": {"lambda": 0.7}}`, the body wins). The answer is the chosen model's full
   message; the decision, the predictions, the parsed answer and the fallbacks come back in an
-  extra `rtr` field and in `x-rtr-*` headers. `usage` is the backend's own.
+  extra `rtr` field and in `x-rtr-*` headers. `usage` is the backend's own. A stream whose
+  backend breaks off mid-answer is continued on another model by the runnable's engine (one
+  stream, `rtr.continued`); one that cannot be continued ends with an error event and `[DONE]`.
 - a backend model's name (a models-file entry with a `base_url`, by router name or served name)
   is passed through: the body goes to that server unchanged (only `model` is rewritten to the
   served name) and its answer, streamed or not, comes back unchanged.
@@ -98,6 +100,11 @@ DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 
 DEFAULT_MAX_QUESTION_CHARS = 100_000
 """Longest routed question (400 above): about 25k tokens, past any small model's context."""
+
+KEEP_ALIVE_S = 75
+"""Seconds an idle client connection is kept open. Longer than the clients' own idle expiry
+(httpx and `openai`: 5 s), so the client always closes first: with uvicorn's default, also 5 s,
+a request sent on a connection just as the server closes it is lost (a client `ReadError`)."""
 
 RTR_KNOBS: dict[str, str] = {
     "lambda": "accuracy/cost trade-off in [0, 1] (1: accuracy only)",
@@ -505,6 +512,7 @@ class _Stats:
     passthrough: int = 0
     fallbacks: int = 0
     answered_after_fallback: int = 0
+    continued_streams: int = 0
     by_model: Counter[str] = field(default_factory=Counter)
 
     def to_dict(self) -> dict[str, Any]:
@@ -518,6 +526,7 @@ class _Stats:
             "passthrough": self.passthrough,
             "fallbacks": self.fallbacks,
             "answered_after_fallback": self.answered_after_fallback,
+            "continued_streams": self.continued_streams,
             "by_model": dict(self.by_model),
         }
 
@@ -585,13 +594,14 @@ class _RouteBatcher:
         self.max_batch = max_batch
         self.queue: list[tuple[Any, asyncio.Future[Any]]] = []
         self.busy = False
+        self.task: asyncio.Task[None] | None = None  # held: the loop keeps only a weak one
 
     async def route(self, req: Any) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.queue.append((req, future))
         if not self.busy:
             self.busy = True
-            asyncio.get_running_loop().create_task(self._drain())
+            self.task = asyncio.get_running_loop().create_task(self._drain())
         return await future
 
     async def _drain(self) -> None:
@@ -676,6 +686,7 @@ def _rtr_field(result: RTRResult, timing: _Timing, now: float) -> dict[str, Any]
         "max_tokens": result.max_tokens,
         "cost_usd": _round(result.cost, 9),
         "fallbacks": [f.model_dump() for f in result.fallbacks],
+        "continued": result.continued,
         "timing_ms": {
             "route": round(timing.route_s * 1000.0, 3),
             "backend": round(timing.backend_s * 1000.0, 3),
@@ -1148,6 +1159,8 @@ def create_app(
             stats.by_model[f"{result.model}/{result.strategy}"] += 1
             if result.fallbacks:
                 stats.answered_after_fallback += 1
+            if result.continued:
+                stats.continued_streams += 1
 
     async def routed_stream(
         lreq: Any,
@@ -1212,7 +1225,14 @@ def create_app(
             body.update(extra)
             return json.dumps(body, ensure_ascii=False)
 
+        def error_events(err: OpenAIError) -> list[ServerSentEvent]:
+            """OpenAI's way to end a stream that failed after its headers: error, [DONE]."""
+            body = json.dumps(err.body(), ensure_ascii=False)
+            return [ServerSentEvent(body), ServerSentEvent("[DONE]")]
+
         async def events() -> AsyncIterator[ServerSentEvent]:
+            # The engine continues a broken-off answer on another model (RTRRunnable's
+            # docstring), so the deltas below may come from two backends, as one answer.
             item: AIMessageChunk | RTRResult = first
             try:
                 yield ServerSentEvent(chunk({"role": "assistant", "content": ""}))
@@ -1223,12 +1243,11 @@ def create_app(
                     item = await next_item()
                 result = item
                 record(result)
-                now = time.perf_counter()
-                rtr = _rtr_field(result, timing, now)
-                if result.message is None:  # failed mid-answer: what was sent stays sent
-                    err = _failure_error(result, timing)
-                    yield ServerSentEvent(json.dumps(err.body(), ensure_ascii=False))
+                if result.message is None:  # no model could finish it: what was sent stays
+                    for event in error_events(_failure_error(result, timing)):
+                        yield event
                     return
+                rtr = _rtr_field(result, timing, time.perf_counter())
                 yield ServerSentEvent(chunk({}, _finish_reason(result.message), rtr=rtr))
                 if include_usage:
                     usage_chunk = json.loads(chunk({}))
@@ -1237,6 +1256,16 @@ def create_app(
                     usage_chunk["rtr"] = rtr
                     yield ServerSentEvent(json.dumps(usage_chunk, ensure_ascii=False))
                 yield ServerSentEvent("[DONE]")
+            except Exception as exc:  # a bug, not a backend: still end the stream cleanly
+                log.exception("routed stream %s failed", completion_id)
+                err = OpenAIError(
+                    500,
+                    f"internal error: {type(exc).__name__}",
+                    type="server_error",
+                    code="internal_error",
+                )
+                for event in error_events(err):
+                    yield event
             finally:
                 await engine.aclose()
 
@@ -1323,5 +1352,6 @@ def run_server(
         port=port,
         log_level=log_level,
         limit_concurrency=limit_concurrency,
+        timeout_keep_alive=KEEP_ALIVE_S,
         timeout_graceful_shutdown=10,
     )

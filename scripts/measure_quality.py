@@ -36,6 +36,7 @@ from rich.table import Table
 
 from langchain_rtr import workflow
 from langchain_rtr.evaluation import EvaluationReport
+from langchain_rtr.evaluation.report import APGR_PER_QUESTION_SUFFIX
 from langchain_rtr.predictor import TrainConfig
 from langchain_rtr.routing import CostUnit
 
@@ -76,7 +77,9 @@ def summarise(report: EvaluationReport) -> dict[str, Any]:
         out[f"{key}_match_best_cost"] = _f(point["cost"]) if point else float("nan")
         out[f"{key}_match_best_lam"] = _f(point["lam"]) if point else float("nan")
         out[f"{key}_aiq"] = _f(report.aiq.get(key))
-        out[f"{key}_apgr"] = _f(report.apgr.get(key)) if report.apgr is not None else float("nan")
+        apgrs = report.apgr or {}
+        out[f"{key}_apgr"] = _f(apgrs.get(key))
+        out[f"{key}_apgr_per_question"] = _f(apgrs.get(key + APGR_PER_QUESTION_SUFFIX))
     out["singles_aiq"] = _f(report.aiq.get("singles"))
     return out
 
@@ -125,8 +128,10 @@ ROWS: list[tuple[str, str, str]] = [
     ("RTR AIQ", "rtr_aiq", ""),
     ("KNN AIQ", "knn_aiq", ""),
     ("singles AIQ", "singles_aiq", ""),
-    ("RTR APGR", "rtr_apgr", ""),
-    ("KNN APGR", "knn_apgr", ""),
+    ("RTR APGR (RouteLLM: per call)", "rtr_apgr", ""),
+    ("KNN APGR (RouteLLM: per call)", "knn_apgr", ""),
+    ("RTR APGR, $ per question", "rtr_apgr_per_question", ""),
+    ("KNN APGR, $ per question", "knn_apgr_per_question", ""),
     ("RTR max accuracy (sweep)", "rtr_max_accuracy", ""),
     ("KNN max accuracy (sweep)", "knn_max_accuracy", ""),
     ("RTR λ=0.9 accuracy", "rtr_default_accuracy", ""),
@@ -172,6 +177,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     knobs.add_argument("--max-epochs", type=int)
     knobs.add_argument("--length-weight", type=float)
     knobs.add_argument("--validation-fraction", type=float)
+    knobs.add_argument("--ensemble", type=int, help="networks averaged (default 5)")
     return parser.parse_args(argv)
 
 
@@ -193,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
             "max_epochs": max_epochs,
             "length_weight": args.length_weight,
             "validation_fraction": args.validation_fraction,
+            "ensemble": args.ensemble,
         }.items()
         if v is not None
     }
@@ -217,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         row = summarise(report)
         summary = getattr(router.predictor, "summary", None)
         row["seed"] = seed
-        row["epochs"] = getattr(summary, "epochs", None)
+        row["epochs"] = "/".join(map(str, getattr(summary, "epochs", [])))  # per member
         row["train_seconds"] = t1 - t0
         row["eval_seconds"] = time.perf_counter() - t1
         per_seed.append(row)

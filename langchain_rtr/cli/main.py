@@ -110,7 +110,7 @@ def _train(
 
         encoder = default_encoder(backend=encoder_backend)
         encoder.encode(train.questions + test.questions, show_progress=False)
-    progress, on_epoch = _epoch_progress(config.max_epochs)
+    progress, on_epoch = _epoch_progress(config.max_epochs * config.ensemble)
     with progress:
         router = fit_router(
             routing_set,

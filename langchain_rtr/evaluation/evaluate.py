@@ -11,6 +11,9 @@ Protocol:
       realised cost of the ``k`` most similar training questions (cosine, same encoder), i.e.
       ``acc − μ·cost/scale`` with ``μ = (1−λ)/λ``. Both use the same ``scale`` and λ grid, so
       their curves and AIQ are directly comparable.
+    * APGR (two-model sets) follows RouteLLM: strong-call share on the x axis, each router
+      ranking by its accuracy estimates with a fixed cost per call of each model (the curves'
+      per-question costs would rank by cost as well; their APGR is reported beside).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from langchain_rtr.evaluation.baselines import (
 )
 from langchain_rtr.evaluation.curves import CurveError, aiq, apgr, cost_to_reach
 from langchain_rtr.evaluation.report import (
+    APGR_PER_QUESTION_SUFFIX,
     KIND_KNN,
     KIND_ORACLE,
     KIND_RANDOM,
@@ -229,12 +233,26 @@ def evaluate_routing(
     if strong_col is not None and weak_col is not None:
         weak_acc = outcomes.single_metrics(weak_col).accuracy
         strong_acc = outcomes.single_metrics(strong_col).accuracy
+        # RouteLLM's protocol: APGR's x axis is the share of *calls* to the strong model, so
+        # every call of a pair costs the same (its mean cost on the training questions) and
+        # each method's sweep ranks questions by its accuracy estimates alone. The curves above
+        # also weigh each question's own (predicted) cost; their APGR is reported beside.
+        with np.errstate(invalid="ignore"):
+            per_call = np.nanmean(train_cost, axis=0) / scale
+        per_call = np.tile(np.nan_to_num(per_call), (len(outcomes), 1))
+        per_call_curves = {
+            kind: sweep(kind, outcomes, acc, per_call, method_grid(acc, per_call), strong_col)
+            for kind, acc in ((KIND_RTR, correctness), (KIND_KNN, knn_acc))
+        }
         apgrs = {}
-        for key, curve in curves.items():
-            try:
-                apgrs[key] = apgr(curve.strong_fraction or [], curve.accuracy, weak_acc, strong_acc)
-            except CurveError:
-                apgrs[key] = float("nan")
+        for suffix, family in (("", per_call_curves), (APGR_PER_QUESTION_SUFFIX, curves)):
+            for key, curve in family.items():
+                try:
+                    apgrs[key + suffix] = apgr(
+                        curve.strong_fraction or [], curve.accuracy, weak_acc, strong_acc
+                    )
+                except CurveError:
+                    apgrs[key + suffix] = float("nan")
 
     match_best: dict[str, dict[str, float] | None] = {}
     for key, curve in curves.items():

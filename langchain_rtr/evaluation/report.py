@@ -58,6 +58,10 @@ class MethodResult:
         )
 
 
+APGR_PER_QUESTION_SUFFIX = " ($ per question)"
+"""Suffix of the APGR keys measured on the cost-aware curves (see ``EvaluationReport.apgr``)."""
+
+
 @dataclass(frozen=True)
 class EvaluationReport:
     """RTR against the baselines on one test set.
@@ -72,7 +76,12 @@ class EvaluationReport:
             cheapest λ that reaches the best single pair's accuracy (``... ≥ best``).
         curves: The λ sweeps (``rtr``, ``knn``).
         aiq: AIQ of each curve, and of the single pairs alone (``singles``).
-        apgr: For two-pair sets, APGR of each curve; else ``None``.
+        apgr: For two-pair sets, RouteLLM's APGR of each router (``rtr``, ``knn``): its sweep
+            with every call of a pair costing the pair's mean cost per call, so only accuracy
+            estimates rank the questions, as RouteLLM's strong-call-share axis assumes; and,
+            under ``rtr ($ per question)`` / ``knn ($ per question)``, the APGR of the curves
+            in ``curves``, which also weigh each question's own (predicted) cost. ``None`` for
+            other sets.
         best_single: Name of the most accurate single pair.
         match_best: Per router, the cheapest point reaching the best single's accuracy:
             ``{"lam", "accuracy", "cost", "cost_ratio"}`` (cost relative to the best single), or

@@ -1,6 +1,7 @@
 """Scoring the two heads in numpy: the inference path that never imports torch.
 
-The network (``model.RTRNet``) is a pair of factorised one-hidden-layer MLPs. At inference
+The network (``model.RTRNet``, or an ``RTREnsemble`` of them merged into one wider network) is
+a pair of factorised one-hidden-layer MLPs. At inference
 everything but the question block is constant, so a head is three arrays: the question weight
 ``W_q`` ``[d, hidden]``, the per-pair bias ``W_p p + b`` ``[P, hidden]`` and the output layer.
 This module rebuilds those from the checkpoint's tensors (``safetensors.numpy``) and scores
@@ -20,8 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SCORE_ROWS_PER_CHUNK = 2_048
-"""Question x pair rows per ``[rows, hidden]`` block; keeps each block in cache."""
+SCORE_BLOCK_ELEMENTS = 2_048 * 768
+"""Elements per ``[questions, pairs, hidden]`` block (6 MB of float32), whatever the hidden
+width: a block that stays in cache is what keeps batched scoring fast."""
 
 SMALL_BATCH_ROWS = 2_048
 """Up to this many question x pair rows, products run as ``einsum`` loops, not BLAS calls.
@@ -88,14 +90,16 @@ class NumpyScorer:
     """Both heads, precomputed from a state dict; scores question vectors in numpy.
 
     Attributes:
-        question_weight: ``[d, hidden]`` or ``[d, 2 * hidden]``: both heads' ``W_q``, side by
-            side, so one matrix product projects a batch for both.
+        question_blocks: The heads' ``W_q`` as ``[d, width]`` column blocks, one per network
+            and head (correctness blocks first): together ``[d, hidden]`` or
+            ``[d, 2 * hidden]``. One question is projected block by block, which keeps each
+            block in cache (an ensemble's full weight is several MB).
         correctness: The correctness head.
         length: The length head, or ``None`` when the predictor has none.
         length_scale: Length targets are ``log1p(tokens) / length_scale``.
     """
 
-    question_weight: np.ndarray
+    question_blocks: tuple[np.ndarray, ...]
     correctness: NumpyHead
     length: NumpyHead | None
     length_scale: float
@@ -103,7 +107,12 @@ class NumpyScorer:
     @property
     def question_dim(self) -> int:
         """Size of the question vectors the heads take."""
-        return int(self.question_weight.shape[0])
+        return int(self.question_blocks[0].shape[0])
+
+    @property
+    def question_weight(self) -> np.ndarray:
+        """The blocks side by side, ``[d, hidden (+ hidden)]``."""
+        return np.ascontiguousarray(np.concatenate(self.question_blocks, axis=1))
 
     @property
     def n_pairs(self) -> int:
@@ -114,60 +123,38 @@ class NumpyScorer:
     def from_state_dict(
         cls, state: Mapping[str, np.ndarray], length_scale: float | None
     ) -> NumpyScorer:
-        """Build from ``RTRNet.state_dict()`` tensors as numpy arrays (a safetensors file).
+        """Build from the tensors of an ``RTREnsemble`` (or of one ``RTRNet``) as numpy arrays.
+
+        An ensemble's members become one wider network: their hidden units side by side and
+        the output weights divided by their number, which averages the raw outputs.
 
         Raises:
             ScoringError: A tensor is missing or the shapes do not fit together.
         """
-        missing = [k for k in (*_REQUIRED, *(f"correctness.{h}" for h in _HEAD_KEYS))]
-        missing = [k for k in missing if k not in state]
-        has_length = any(k.startswith("length.") for k in state)
-        if has_length:
-            missing += [f"length.{h}" for h in _HEAD_KEYS if f"length.{h}" not in state]
-        if missing:
-            raise ScoringError(f"state dict lacks tensors {missing}")
+        prefixes = member_prefixes(state)
+        has_length = any(k.startswith(f"{prefixes[0]}length.") for k in state)
+        members = [_member_heads(state, prefix, has_length) for prefix in prefixes]
 
-        def f32(key: str) -> np.ndarray:
-            return np.ascontiguousarray(np.asarray(state[key], dtype=np.float32))
-
-        pm = np.asarray(state["pair_model"], dtype=np.int64)
-        ps = np.asarray(state["pair_strategy"], dtype=np.int64)
-        try:
-            features = np.concatenate(
-                [
-                    f32("model_text")[pm],
-                    f32("strategy_text")[ps],
-                    f32("model_learn")[pm],
-                    f32("strategy_learn")[ps],
-                ],
-                axis=1,
+        def merged(index: int) -> tuple[list[np.ndarray], NumpyHead]:
+            parts = [m[index] for m in members]
+            head = NumpyHead(
+                bias=np.ascontiguousarray(np.concatenate([h.bias for _, h in parts], axis=1)),
+                out_weight=np.concatenate([h.out_weight for _, h in parts]) / len(parts),
+                out_bias=float(np.mean([h.out_bias for _, h in parts])),
             )
-        except (IndexError, ValueError) as exc:
-            raise ScoringError(f"pair features do not fit together ({exc})") from exc
+            return [np.ascontiguousarray(w.T) for w, _ in parts], head
 
-        def head(prefix: str) -> tuple[np.ndarray, NumpyHead]:
-            w_p, b_p = f32(f"{prefix}.pair.weight"), f32(f"{prefix}.pair.bias")
-            if w_p.shape[1] != features.shape[1]:
-                raise ScoringError(
-                    f"{prefix}.pair.weight has shape {w_p.shape}; pair features are "
-                    f"{features.shape[1]}-d"
-                )
-            # float64 for the constant part: it is computed once, so rounding stays minimal.
-            bias = (features.astype(np.float64) @ w_p.T.astype(np.float64) + b_p).astype(np.float32)
-            out_w = f32(f"{prefix}.out.weight").reshape(-1)
-            out_b = float(f32(f"{prefix}.out.bias").reshape(-1)[0])
-            return f32(f"{prefix}.question.weight"), NumpyHead(bias, out_w, out_b)
-
-        w_c, correctness = head("correctness")
-        weights = [w_c]
+        blocks, correctness = merged(0)
         length = None
         if has_length:
-            w_l, length = head("length")
-            weights.append(w_l)
-        if len({w.shape for w in weights}) != 1:
-            raise ScoringError(f"the heads' question weights differ in shape: {weights}")
+            length_blocks, length = merged(1)
+            blocks += length_blocks
+        if len({w.shape for w in blocks}) != 1:
+            raise ScoringError(
+                f"the question weights differ in shape: {[w.shape[::-1] for w in blocks]}"
+            )
         return cls(
-            question_weight=np.ascontiguousarray(np.concatenate(weights).T),
+            question_blocks=tuple(blocks),
             correctness=correctness,
             length=length,
             length_scale=float(length_scale or 1.0),
@@ -176,19 +163,19 @@ class NumpyScorer:
     def score(self, questions: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Correctness probabilities and output tokens ``[n, P]`` for question vectors ``[n, d]``.
 
-        The ``[n, P, hidden]`` part runs in blocks of at most :data:`SCORE_ROWS_PER_CHUNK`
-        question x pair rows.
+        The ``[n, P, hidden]`` part runs in blocks of at most :data:`SCORE_BLOCK_ELEMENTS`.
         """
         q = np.ascontiguousarray(questions, dtype=np.float32)
         n, n_pairs = q.shape[0], self.n_pairs
         hidden = self.correctness.bias.shape[1]
         if n * n_pairs <= SMALL_BATCH_ROWS:
-            projected = np.einsum("nd,dh->nh", q, self.question_weight)
+            parts = [np.einsum("nd,dh->nh", q, w) for w in self.question_blocks]
         else:
-            projected = q @ self.question_weight
+            parts = [q @ w for w in self.question_blocks]
+        projected = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
         correctness = np.empty((n, n_pairs), np.float32)
         length = np.empty((n, n_pairs), np.float32) if self.length is not None else None
-        step = max(1, SCORE_ROWS_PER_CHUNK // max(n_pairs, 1))
+        step = max(1, SCORE_BLOCK_ELEMENTS // max(n_pairs * hidden, 1))
         for start in range(0, n, step):
             block = projected[start : start + step]
             correctness[start : start + step] = sigmoid(self.correctness.apply(block[:, :hidden]))
@@ -196,3 +183,55 @@ class NumpyScorer:
                 raw = softplus(self.length.apply(block[:, hidden:]))
                 length[start : start + step] = np.expm1(raw * np.float32(self.length_scale))
         return correctness, length
+
+
+def member_prefixes(state: Mapping[str, object]) -> list[str]:
+    """Key prefixes of an ensemble's members (``members.0.``, ...); ``[""]`` for one network."""
+    n = 0
+    while f"members.{n}.pair_model" in state:
+        n += 1
+    return [f"members.{i}." for i in range(n)] if n else [""]
+
+
+def _member_heads(
+    state: Mapping[str, np.ndarray], prefix: str, has_length: bool
+) -> list[tuple[np.ndarray, NumpyHead]]:
+    """One network's heads: ``(W_q [hidden, d], head)`` for correctness (and length)."""
+    heads = ("correctness", "length") if has_length else ("correctness",)
+    wanted = [*_REQUIRED, *(f"{h}.{k}" for h in heads for k in _HEAD_KEYS)]
+    missing = [prefix + k for k in wanted if prefix + k not in state]
+    if missing:
+        raise ScoringError(f"state dict lacks tensors {missing}")
+
+    def f32(key: str) -> np.ndarray:
+        return np.ascontiguousarray(np.asarray(state[prefix + key], dtype=np.float32))
+
+    pm = np.asarray(state[prefix + "pair_model"], dtype=np.int64)
+    ps = np.asarray(state[prefix + "pair_strategy"], dtype=np.int64)
+    try:
+        features = np.concatenate(
+            [
+                f32("model_text")[pm],
+                f32("strategy_text")[ps],
+                f32("model_learn")[pm],
+                f32("strategy_learn")[ps],
+            ],
+            axis=1,
+        )
+    except (IndexError, ValueError) as exc:
+        raise ScoringError(f"{prefix}pair features do not fit together ({exc})") from exc
+
+    def head(name: str) -> tuple[np.ndarray, NumpyHead]:
+        w_p, b_p = f32(f"{name}.pair.weight"), f32(f"{name}.pair.bias")
+        if w_p.shape[1] != features.shape[1]:
+            raise ScoringError(
+                f"{prefix}{name}.pair.weight has shape {w_p.shape}; pair features are "
+                f"{features.shape[1]}-d"
+            )
+        # float64 for the constant part: it is computed once, so rounding stays minimal.
+        bias = (features.astype(np.float64) @ w_p.T.astype(np.float64) + b_p).astype(np.float32)
+        out_w = f32(f"{name}.out.weight").reshape(-1)
+        out_b = float(f32(f"{name}.out.bias").reshape(-1)[0])
+        return f32(f"{name}.question.weight"), NumpyHead(bias, out_w, out_b)
+
+    return [head(h) for h in heads]

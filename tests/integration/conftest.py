@@ -300,6 +300,12 @@ class CuttableProxy:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
+    @property
+    def is_cut(self) -> bool:
+        """Whether it is cut (not listening)."""
+        with self._lock:
+            return self._listener is None
+
     def restore(self) -> None:
         """Listen (again) on the proxy's port."""
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

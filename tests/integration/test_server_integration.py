@@ -11,6 +11,7 @@ endpoint, not routing quality. Run under the integration lock (docs/server.md):
 from __future__ import annotations
 
 import importlib.util
+import json
 import socket
 import sys
 import threading
@@ -218,3 +219,85 @@ def test_a_stopped_backend_means_fallback(
     rtr = parsed.model_extra["rtr"] if parsed.model_extra else {}
     assert [f["model"] for f in rtr["fallbacks"]] == [first.model]
     assert out.headers["x-rtr-fallbacks"] == "1"
+
+
+def _read_stream(
+    rtr_url: str, body: dict[str, Any], cut: dict[str, CuttableProxy] | None = None
+) -> tuple[httpx.Headers, list[Any], str | None]:
+    """POST a streamed request and parse its events; with `cut`, cut the answering backend's
+    proxy once 10 content deltas have arrived (a server stopped mid-answer)."""
+    events: list[Any] = []
+    cut_model = None
+    deltas = 0
+    with (
+        httpx.Client(timeout=120) as http,
+        http.stream(
+            "POST",
+            rtr_url + "/chat/completions",
+            json=body,
+            headers={"authorization": f"Bearer {KEY}"},
+        ) as resp,
+    ):
+        assert resp.status_code == 200
+        for line in resp.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            data = line[len("data: ") :]
+            event = data if data == "[DONE]" else json.loads(data)
+            events.append(event)
+            choices = event.get("choices") if isinstance(event, dict) else None
+            deltas += bool(choices and choices[0]["delta"].get("content"))
+            if cut is not None and cut_model is None and deltas == 10:
+                cut_model = resp.headers["x-rtr-model"]
+                cut[cut_model].cut()
+        return resp.headers, events, cut_model
+
+
+def test_a_stream_cut_mid_answer_is_continued_on_the_other_backend(
+    rtr_url: str, backend_proxies: dict[str, CuttableProxy]
+) -> None:
+    body = {
+        "model": "rtr",
+        "messages": [{"role": "user", "content": "Count from 1 to 60, separated by commas."}],
+        "max_tokens": 160,
+        "temperature": 0.0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    _, reference, _ = _read_stream(rtr_url, body)  # the same answer, uncut
+    try:
+        headers, events, cut_model = _read_stream(rtr_url, body, cut=backend_proxies)
+    finally:
+        for proxy in backend_proxies.values():
+            if proxy.is_cut:
+                proxy.restore()
+    assert cut_model is not None and headers["x-rtr-model"] == cut_model
+    # one complete stream: a role chunk, deltas, one finish chunk, the usage chunk, [DONE]
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert not any("error" in c for c in chunks), chunks[-1]
+    assert len({c["id"] for c in chunks}) == 1
+    assert sum(1 for c in chunks if c["choices"] and "role" in c["choices"][0]["delta"]) == 1
+    [finish] = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    rtr = finish["rtr"]
+    assert rtr["continued"] is True and rtr["model"] != cut_model
+    [failed] = rtr["fallbacks"]
+    assert failed["model"] == cut_model and failed["streamed_tokens"] >= 10
+    assert failed["strategy"] == rtr["strategy"]
+
+    def text(evs: list[Any]) -> str:
+        return "".join(
+            e["choices"][0]["delta"].get("content") or ""
+            for e in evs
+            if isinstance(e, dict) and e.get("choices")
+        )
+
+    # coherent: same weights, greedy, so the continued answer is the uncut one
+    print(f"\nreference: {text(reference)!r}\ncontinued: {text(events)!r}")
+    print(f"usage ref {reference[-2]['usage']} continued {chunks[-1]['usage']}; cut {failed}")
+    assert text(events) == text(reference)
+    # usage is both attempts': the cut one read the prompt and wrote `streamed_tokens`, the
+    # continuation read the prompt plus those and wrote the rest
+    ref_usage, usage = reference[-2]["usage"], chunks[-1]["usage"]
+    assert usage["completion_tokens"] == ref_usage["completion_tokens"]
+    assert usage["prompt_tokens"] == 2 * ref_usage["prompt_tokens"] + failed["streamed_tokens"]

@@ -255,6 +255,30 @@ def test_evaluate_two_model_set_has_apgr() -> None:
     assert "mid/direct" not in report.method("rtr").metrics.pair_share
 
 
+def test_apgr_ranks_by_accuracy_alone_and_reports_the_cost_aware_curve_beside() -> None:
+    train, train_emb = synthetic(200, 2, two=True)
+    test, test_emb = synthetic(120, 3, two=True)
+    plain = perfect_prediction(test)
+    skewed = perfect_prediction(test)
+    # predicted lengths that make the strong model look dearest exactly where it is needed
+    gain = np.nan_to_num(test.score[:, 2] - test.score[:, 0])
+    assert skewed.output_tokens is not None
+    skewed.output_tokens[:, 2] = np.where(gain > 0, 40_000.0, 10.0)
+    apgrs = []
+    for pred in (plain, skewed):
+        report = evaluate_routing(
+            test, pred, test_emb, train, train_emb, MODELS, cost_unit="tokens"
+        )
+        assert report.apgr is not None
+        assert set(report.apgr) == {"rtr", "knn", "rtr ($ per question)", "knn ($ per question)"}
+        apgrs.append(report.apgr)
+    # per call, the ranking comes from the accuracy estimates alone: lengths change nothing
+    assert apgrs[1]["rtr"] == pytest.approx(apgrs[0]["rtr"])
+    assert apgrs[1]["knn"] == pytest.approx(apgrs[0]["knn"])
+    # per question, the skewed lengths push the strong model away from where it helps
+    assert apgrs[1]["rtr ($ per question)"] < apgrs[1]["rtr"] - 0.2
+
+
 def test_evaluate_without_lengths_uses_mean_price() -> None:
     train, train_emb = synthetic(100, 4)
     test, test_emb = synthetic(60, 5)

@@ -16,6 +16,7 @@ import torch
 from langchain_rtr.data.matrix import OutcomeMatrix
 from langchain_rtr.predictor import (
     DEFAULT_ENCODER_ID,
+    FORMAT_VERSION,
     CachedEncoder,
     CheckpointError,
     FactorisedHead,
@@ -26,6 +27,7 @@ from langchain_rtr.predictor import (
     TrainConfig,
     default_encoder,
 )
+from langchain_rtr.predictor.predictor import member_seeds
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -183,7 +185,7 @@ def test_fractional_scores_are_learned_as_probabilities() -> None:
 def test_no_lengths_means_no_length_head(tmp_path: Path) -> None:
     predictor = train_fake(planted_matrix(100, seed=7, lengths=False))
     assert not predictor.has_length_head
-    assert predictor.net.length is None
+    assert not predictor.net.has_length_head
     pred = predictor.predict(["alpha one", "beta two"])
     assert pred.output_tokens is None
     assert pred.correctness.shape == (2, 4) and pred.correctness.dtype == np.float32
@@ -251,6 +253,59 @@ def test_batched_prediction_matches_one_by_one() -> None:
         np.testing.assert_allclose(one.correctness[0], batch.correctness[i], rtol=1e-5, atol=1e-6)
 
 
+# ------------------------------------------------------------------------ ensembles
+
+
+def test_an_ensemble_averages_its_members_raw_outputs() -> None:
+    config = TrainConfig(hidden=32, learnable_dim=4, max_epochs=4, seed=3, ensemble=3)
+    predictor = train_fake(planted_matrix(80, seed=20), config)
+    members = list(predictor.net.members)
+    assert len(members) == 3
+    q = torch.from_numpy(TopicEncoder().encode(planted_matrix(30, seed=21).questions))
+    with torch.no_grad():
+        raws = [member.raw(q) for member in members]
+    logits = torch.stack([r[0] for r in raws]).mean(0)
+    raw_length = torch.stack([r[1] for r in raws]).mean(0)
+    assert not torch.allclose(raws[0][0], raws[1][0])  # members really differ
+    pred = predictor.predict_embeddings(q.numpy())
+    np.testing.assert_allclose(pred.correctness, torch.sigmoid(logits).numpy(), rtol=1e-5)
+    tokens = torch.expm1(torch.nn.functional.softplus(raw_length) * predictor.length_scale)
+    assert pred.output_tokens is not None
+    np.testing.assert_allclose(pred.output_tokens, tokens.numpy(), rtol=1e-4)
+
+
+def test_member_zero_is_the_single_network_of_the_same_seed() -> None:
+    matrix = planted_matrix(80, seed=22)
+    base = TrainConfig(hidden=32, learnable_dim=4, max_epochs=4, seed=7)
+    single = train_fake(matrix, TrainConfig(**{**base.__dict__, "ensemble": 1}))
+    trio = train_fake(matrix, TrainConfig(**{**base.__dict__, "ensemble": 3}))
+    for (name, a), (_, b) in zip(
+        single.net.members[0].state_dict().items(),
+        trio.net.members[0].state_dict().items(),
+        strict=True,
+    ):
+        assert torch.equal(a, b), name
+
+
+def test_member_seeds_are_distinct_within_and_across_seeds() -> None:
+    zero, one = member_seeds(0, 5), member_seeds(1, 5)
+    assert zero[0] == 0 and one[0] == 1
+    assert len(set(zero) | set(one)) == 10
+    assert member_seeds(0, 5) == zero  # deterministic
+
+
+def test_a_checkpoint_missing_a_member_is_refused(tmp_path: Path) -> None:
+    from safetensors.numpy import load_file, save_file
+
+    config = TrainConfig(hidden=16, learnable_dim=4, max_epochs=2, ensemble=2)
+    train_fake(planted_matrix(40, seed=23), config).save(tmp_path / "ckpt")
+    weights = tmp_path / "ckpt" / "model.safetensors"
+    tensors = {k: v for k, v in load_file(str(weights)).items() if not k.startswith("members.1.")}
+    save_file(tensors, str(weights))
+    with pytest.raises(CheckpointError, match=r"missing \['members\.1\."):
+        RTRPredictor.load(tmp_path / "ckpt", encoder=TopicEncoder())
+
+
 # ------------------------------------------------------------------- repeatability
 
 
@@ -278,23 +333,26 @@ def test_early_stopping_keeps_the_best_epoch() -> None:
     rng = np.random.default_rng(0)
     matrix.score[:] = (rng.random(matrix.score.shape) < 0.5).astype(np.float32)  # pure noise
     seen: list[tuple[int, float, float]] = []
-    predictor = train_fake(
-        matrix,
-        TrainConfig(hidden=256, lr=1e-2, max_epochs=100, patience=3, seed=0),
-    )
+    config = TrainConfig(hidden=256, lr=1e-2, max_epochs=100, patience=3, seed=0, ensemble=2)
+    predictor = train_fake(matrix, config)
     predictor_again = RTRPredictor.train(
         matrix,
         MODELS,
         STRATEGIES,
         encoder=TopicEncoder(),
-        config=TrainConfig(hidden=256, lr=1e-2, max_epochs=100, patience=3, seed=0),
+        config=config,
         progress=lambda e, t, v: seen.append((e, t, v)),
     )
     summary = predictor_again.summary
-    assert seen == summary.history
-    assert summary.epochs < 100  # noise overfits, so validation stops improving
-    assert summary.epochs - summary.best_epoch == 3
-    assert summary.best_validation_loss == min(v for _, _, v in seen)
+    # progress counts epochs on across members; the history says whose epoch each was
+    assert [e for e, _, _ in seen] == list(range(1, sum(summary.epochs) + 1))
+    assert [(t, v) for _, t, v in seen] == [(t, v) for _, _, t, v in summary.history]
+    assert len(summary.epochs) == len(summary.best_epochs) == 2
+    for member in (0, 1):
+        rows = [row for row in summary.history if row[0] == member]
+        assert summary.epochs[member] == len(rows) < 100  # noise overfits: validation stalls
+        assert summary.epochs[member] - summary.best_epochs[member] == 3
+        assert summary.best_validation_losses[member] == min(v for *_, v in rows)
     assert summary.validation_questions == 12 and summary.train_questions == 108
     q = ["alpha x", "beta y"]
     np.testing.assert_array_equal(
@@ -348,7 +406,7 @@ def edit_config(path: Path, **changes: object) -> None:
 
 def test_load_rejects_another_format_version(checkpoint: Path) -> None:
     edit_config(checkpoint, format_version=99)
-    with pytest.raises(CheckpointError, match=r"version 99.*expected .*version 1"):
+    with pytest.raises(CheckpointError, match=rf"version 99.*expected .*version {FORMAT_VERSION}"):
         RTRPredictor.load(checkpoint, encoder=TopicEncoder())
 
 

@@ -89,11 +89,18 @@ def status_error(code: int) -> Exception:
 
 
 class FakeChat(BaseChatModel):
-    """Answers `\\boxed{4}` (or `reply`), reports usage and its name; can be told to fail."""
+    """Answers `\\boxed{4}` (or `reply`), reports usage and its name; can be told to fail.
+
+    Streaming, it can die mid-answer (`cut_after` words, then `cut_error`), and like vLLM with
+    `extra_body={"continue_final_message": True}` it continues the final assistant message:
+    it streams the rest of `reply` after that message's text.
+    """
 
     served: str = "fake"
     reply: str = "Thinking... so the answer is \\boxed{4}."
     fail: Any = None  # an exception, or a callable question -> exception | None
+    cut_after: int | None = None  # streamed words before the stream dies
+    cut_error: Any = None  # what it dies with (default: a connection error)
     calls: list[dict[str, Any]] = Field(default_factory=list)
 
     @property
@@ -129,37 +136,57 @@ class FakeChat(BaseChatModel):
         )
         return ChatResult(generations=[ChatGeneration(message=msg)])
 
-    def _chunks(self) -> list[ChatGenerationChunk]:
-        words = self.reply.split(" ")
+    def _chunks(
+        self, messages: list[BaseMessage], kwargs: dict[str, Any]
+    ) -> list[ChatGenerationChunk]:
+        prefix = ""
+        if (kwargs.get("extra_body") or {}).get("continue_final_message"):
+            last = messages[-1]
+            if not isinstance(last, AIMessage):
+                raise status_error(400)  # vLLM refuses to continue a non-assistant message
+            prefix = last.text
+        text = self.reply[len(prefix) :] if self.reply.startswith(prefix) else self.reply
+        words = text.split(" ")
         chunks = [
             ChatGenerationChunk(
                 message=AIMessageChunk(content=w + (" " if i < len(words) - 1 else ""))
             )
             for i, w in enumerate(words)
         ]
-        # Like ChatOpenAI with stream_usage: usage and model name arrive at the end.
+        # Like ChatOpenAI with stream_usage: usage and model name arrive at the end; the
+        # continued message counts as input.
+        n_in, n_out = 10 + len(prefix.split()), len(text.split())
+        usage = {"input_tokens": n_in, "output_tokens": n_out, "total_tokens": n_in + n_out}
         chunks.append(
             ChatGenerationChunk(
-                message=AIMessageChunk(content="", usage_metadata=self._usage()),
+                message=AIMessageChunk(content="", usage_metadata=usage),  # type: ignore[arg-type]
                 generation_info={"model_name": self.served, "finish_reason": "stop"},
             )
         )
+        if self.cut_after is not None:
+            chunks = chunks[: self.cut_after]
         return chunks
+
+    def _cut(self) -> None:
+        if self.cut_after is not None:
+            raise self.cut_error or connection_error()
 
     def _stream(
         self, messages, stop=None, run_manager=None, **kwargs
     ) -> Iterator[ChatGenerationChunk]:
         self.calls.append({"api": "stream", "messages": messages, "kwargs": kwargs})
         self._maybe_fail(messages)
-        yield from self._chunks()
+        yield from self._chunks(messages, kwargs)
+        self._cut()
 
     async def _astream(
         self, messages, stop=None, run_manager=None, **kwargs
     ) -> AsyncIterator[ChatGenerationChunk]:
         self.calls.append({"api": "astream", "messages": messages, "kwargs": kwargs})
         self._maybe_fail(messages)
-        for chunk in self._chunks():
+        for chunk in self._chunks(messages, kwargs):
             yield chunk
+        self._cut()
 
 
 def make_models(**fail: Any) -> dict[str, FakeChat]:

@@ -78,7 +78,7 @@ class Backend:
 
 
 class Env:
-    def __init__(self, **settings: Any) -> None:
+    def __init__(self, runnable_kw: dict[str, Any] | None = None, **settings: Any) -> None:
         self.router = FakeRouter()
         self.big = FakeChat(served="big-served")
         self.small = FakeChat(served="small-served")
@@ -86,6 +86,7 @@ class Env:
             router=self.router,
             models={"big": self.big, "small": self.small},
             strategies=make_strategies(),
+            **(runnable_kw or {}),
         )
         self.backend = Backend()
         backends = {
@@ -287,6 +288,120 @@ async def test_a_down_backend_falls_back(env: Env) -> None:
     async with env.client() as c:
         stats = (await c.get("/rtr/stats")).json()
     assert stats["fallbacks"] == 2 and stats["answered_after_fallback"] == 2
+
+
+REPLY = "Two plus two: add the units, carry nothing, so the answer is \\boxed{4}."
+STREAM = {
+    "model": "rtr",
+    "messages": HELLO,
+    "stream": True,
+    "stream_options": {"include_usage": True},
+}
+
+
+def cut_env(**runnable_kw: Any) -> Env:
+    """`big` (the first choice) dies after 3 words of its streamed answer; `small` continues."""
+    runnable_kw.setdefault("continuable_models", ["big", "small"])
+    env = Env(runnable_kw)
+    env.big.reply = env.small.reply = REPLY
+    env.big.cut_after = 3
+    return env
+
+
+def stream_text(events: list[Any]) -> str:
+    chunks = [e for e in events if isinstance(e, dict) and e.get("choices")]
+    return "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+
+
+async def test_a_stream_cut_mid_answer_is_continued_on_another_model() -> None:
+    env = cut_env()
+    resp = await post(env, STREAM)
+    assert resp.status_code == 200
+    assert resp.headers["x-rtr-model"] == "big"  # sent before the cut
+    events = sse_events(resp.text)
+    assert events[-1] == "[DONE]" and not any("error" in e for e in events[:-1])
+    assert stream_text(events) == REPLY  # one answer: nothing lost, nothing twice
+    chunks = events[:-1]
+    assert len({c["id"] for c in chunks}) == 1
+    assert sum(1 for c in chunks if c["choices"] and "role" in c["choices"][0]["delta"]) == 1
+    [finish] = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    rtr = finish["rtr"]
+    assert rtr["continued"] is True and (rtr["model"], rtr["strategy"]) == ("small", "cot")
+    assert rtr["answer"] == "4"
+    [cut] = rtr["fallbacks"]
+    assert (cut["model"], cut["streamed_tokens"], cut["retryable"]) == ("big", 3, True)
+    # usage: big read the prompt (10) and wrote 3 words, small read both and wrote the rest
+    words = len(REPLY.split())
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"] == {
+        "prompt_tokens": 10 + 13,
+        "completion_tokens": words,
+        "total_tokens": 23 + words,
+    }
+    assert env.small.calls[0]["kwargs"]["extra_body"]["continue_final_message"] is True
+    async with env.client() as c:
+        stats = (await c.get("/rtr/stats")).json()
+    assert stats["continued_streams"] == 1 and stats["fallbacks"] == 1
+
+
+async def test_the_openai_client_reads_a_continued_stream_as_one_answer() -> None:
+    env = cut_env()
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=env.app))
+    client = openai.AsyncOpenAI(base_url=f"{BASE}/v1", api_key="x", http_client=http)
+    stream = await client.chat.completions.create(
+        model="rtr", messages=HELLO, stream=True, stream_options={"include_usage": True}
+    )
+    parts = [c async for c in stream]
+    assert "".join(c.choices[0].delta.content or "" for c in parts if c.choices) == REPLY
+    assert parts[-1].usage is not None and parts[-1].usage.completion_tokens == len(REPLY.split())
+
+
+@pytest.mark.parametrize(
+    ("case", "runnable_kw", "small_cut", "cut_error", "code"),
+    [
+        ("no model can continue", {"continuable_models": []}, None, None, "backend_unavailable"),
+        ("the continuation dies too", {}, 2, None, "backend_unavailable"),
+        ("the backend refused mid-stream", {}, None, 400, "backend_rejected"),
+    ],
+)
+async def test_a_stream_that_cannot_be_continued_ends_with_an_error_and_done(
+    case: str, runnable_kw: dict[str, Any], small_cut: int | None, cut_error: int | None, code: str
+) -> None:
+    env = cut_env(**runnable_kw)
+    env.small.cut_after = small_cut
+    env.big.cut_error = backend_status_error(cut_error) if cut_error else None
+    resp = await post(env, STREAM)
+    assert resp.status_code == 200, case
+    events = sse_events(resp.text)
+    assert events[-1] == "[DONE]", case  # a clean end, never a cut connection
+    error = events[-2]
+    assert set(error) == {"error", "rtr"} and error["error"]["code"] == code, case
+    assert error["rtr"]["fallbacks"][0]["streamed_tokens"] == 3
+    assert REPLY.startswith(stream_text(events)) and stream_text(events) != REPLY
+    assert not any("error" in e for e in events[:-2] if isinstance(e, dict))
+
+
+async def test_the_openai_client_raises_the_error_event() -> None:
+    env = cut_env(continuable_models=[])
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=env.app))
+    client = openai.AsyncOpenAI(base_url=f"{BASE}/v1", api_key="x", http_client=http)
+    stream = await client.chat.completions.create(model="rtr", messages=HELLO, stream=True)
+    with pytest.raises(openai.APIError, match="every routed pair failed"):
+        _ = [c async for c in stream]
+
+
+async def test_a_bug_mid_stream_still_ends_with_an_error_and_done(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env = cut_env()
+
+    def boom(*args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(RTRRunnable, "_stream_answer", staticmethod(boom))
+    resp = await post(env, STREAM)
+    events = sse_events(resp.text)
+    assert events[-1] == "[DONE]" and events[-2]["error"]["code"] == "internal_error"
 
 
 @pytest.mark.parametrize("stream", [False, True])
