@@ -240,7 +240,8 @@ class AllPairsFailedError(RTRError):
 def is_endpoint_failure(exc: BaseException) -> bool:
     """Whether an error means the endpoint is unavailable, so another pair should be tried.
 
-    True for connection errors and timeouts (openai, httpx, builtins), HTTP 5xx, 408 and 429.
+    True for connection errors and timeouts (openai, httpx, builtins), HTTP 5xx, 408 and 429,
+    also when a stream reports them in an error event.
     """
     try:
         import openai
@@ -249,6 +250,11 @@ def is_endpoint_failure(exc: BaseException) -> bool:
             return True
         if isinstance(exc, openai.APIStatusError):
             return exc.status_code >= 500 or exc.status_code in (408, 429)
+        if isinstance(exc, openai.APIError):
+            # An error event inside a stream: vLLM sends one when its engine fails or shuts
+            # down mid-answer. No HTTP status, but the event carries the server's code.
+            code = int(exc.code) if exc.code is not None and str(exc.code).isdigit() else None
+            return code is not None and (code >= 500 or code in (408, 429))
     except ImportError:  # pragma: no cover - openai comes with langchain-openai
         pass
     try:

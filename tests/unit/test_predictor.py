@@ -536,3 +536,24 @@ def test_default_encoder_is_minilm_offline() -> None:
     assert vectors.shape == (2, 384) and vectors.dtype == np.float32
     assert isinstance(default_encoder(), CachedEncoder)
     assert isinstance(plain, QuestionEncoder)
+
+
+def test_sentence_transformer_encodes_with_onednn_off_and_restores_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # oneDNN caches a kernel per input shape without bound (RSS grew ~5 KB per routed request)
+    encoder = SentenceTransformerEncoder()
+    model = encoder._load()
+    seen: list[bool] = []
+    real = model.encode
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append(torch.backends.mkldnn.enabled)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "encode", spy)
+    before = torch.backends.mkldnn.enabled
+    vectors = encoder.encode(["How many legs do three spiders have?"])
+    assert seen == [False]
+    assert torch.backends.mkldnn.enabled == before
+    assert vectors.shape == (1, encoder.dim)

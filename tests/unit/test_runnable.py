@@ -3,6 +3,8 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
+import httpx
+import openai
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler, get_usage_metadata_callback
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage
@@ -251,6 +253,13 @@ def test_is_endpoint_failure() -> None:
     assert is_endpoint_failure(status_error(502))
     assert not is_endpoint_failure(status_error(400))
     assert not is_endpoint_failure(ValueError("bug"))
+    # an error event in a stream (vLLM's engine dying mid-answer): the event's code decides
+    request = httpx.Request("POST", "http://127.0.0.1:9/v1")
+    dead = {"message": "EngineCore encountered an issue", "type": "EngineDeadError", "code": 500}
+    assert is_endpoint_failure(openai.APIError("engine dead", request, body=dead))
+    bad = {"message": "bad request", "type": "BadRequestError", "code": 400}
+    assert not is_endpoint_failure(openai.APIError("bad", request, body=bad))
+    assert not is_endpoint_failure(openai.APIError("no body", request, body=None))
 
 
 # --------------------------------------------------------------------------- batch

@@ -180,3 +180,19 @@ def test_by_default_only_chat_openai_on_a_server_continues() -> None:
     assert rtr._can_continue("big") and not rtr._can_continue("small")
     fakes, _, _ = build(continuable_models=None)
     assert not fakes._can_continue("small")
+
+
+def test_an_error_event_from_a_dying_server_is_continued_too() -> None:
+    # vLLM shutting down mid-answer sends an error event (code 500), not a cut connection
+    import httpx
+    import openai
+
+    rtr, big, small = build()
+    request = httpx.Request("POST", "http://127.0.0.1:9/v1")
+    big.cut_error = openai.APIError(
+        "EngineCore encountered an issue",
+        request,
+        body={"message": "EngineCore encountered an issue", "type": "EngineDeadError", "code": 500},
+    )
+    text, result = split(list(rtr.stream("What is 2 + 2?")))
+    assert_continued(text, result, big, small)
