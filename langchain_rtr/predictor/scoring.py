@@ -90,16 +90,14 @@ class NumpyScorer:
     """Both heads, precomputed from a state dict; scores question vectors in numpy.
 
     Attributes:
-        question_blocks: The heads' ``W_q`` as ``[d, width]`` column blocks, one per network
-            and head (correctness blocks first): together ``[d, hidden]`` or
-            ``[d, 2 * hidden]``. One question is projected block by block, which keeps each
-            block in cache (an ensemble's full weight is several MB).
+        question_weight: ``[d, hidden]`` or ``[d, 2 * hidden]``: both heads' ``W_q`` (every
+            member's, side by side), so one matrix product projects a batch for both.
         correctness: The correctness head.
         length: The length head, or ``None`` when the predictor has none.
         length_scale: Length targets are ``log1p(tokens) / length_scale``.
     """
 
-    question_blocks: tuple[np.ndarray, ...]
+    question_weight: np.ndarray
     correctness: NumpyHead
     length: NumpyHead | None
     length_scale: float
@@ -107,12 +105,7 @@ class NumpyScorer:
     @property
     def question_dim(self) -> int:
         """Size of the question vectors the heads take."""
-        return int(self.question_blocks[0].shape[0])
-
-    @property
-    def question_weight(self) -> np.ndarray:
-        """The blocks side by side, ``[d, hidden (+ hidden)]``."""
-        return np.ascontiguousarray(np.concatenate(self.question_blocks, axis=1))
+        return int(self.question_weight.shape[0])
 
     @property
     def n_pairs(self) -> int:
@@ -142,7 +135,7 @@ class NumpyScorer:
                 out_weight=np.concatenate([h.out_weight for _, h in parts]) / len(parts),
                 out_bias=float(np.mean([h.out_bias for _, h in parts])),
             )
-            return [np.ascontiguousarray(w.T) for w, _ in parts], head
+            return [w.T for w, _ in parts], head
 
         blocks, correctness = merged(0)
         length = None
@@ -154,7 +147,7 @@ class NumpyScorer:
                 f"the question weights differ in shape: {[w.shape[::-1] for w in blocks]}"
             )
         return cls(
-            question_blocks=tuple(blocks),
+            question_weight=np.ascontiguousarray(np.concatenate(blocks, axis=1)),
             correctness=correctness,
             length=length,
             length_scale=float(length_scale or 1.0),
@@ -169,10 +162,9 @@ class NumpyScorer:
         n, n_pairs = q.shape[0], self.n_pairs
         hidden = self.correctness.bias.shape[1]
         if n * n_pairs <= SMALL_BATCH_ROWS:
-            parts = [np.einsum("nd,dh->nh", q, w) for w in self.question_blocks]
+            projected = np.einsum("nd,dh->nh", q, self.question_weight)
         else:
-            parts = [q @ w for w in self.question_blocks]
-        projected = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+            projected = q @ self.question_weight
         correctness = np.empty((n, n_pairs), np.float32)
         length = np.empty((n, n_pairs), np.float32) if self.length is not None else None
         step = max(1, SCORE_BLOCK_ELEMENTS // max(n_pairs * hidden, 1))
