@@ -35,6 +35,7 @@ test: setup servers
 lint: setup
 	$(BIN)/ruff check langchain_rtr tests benchmarks examples scripts
 	$(BIN)/ruff format --check langchain_rtr tests benchmarks examples scripts
+	$(BIN)/mypy langchain_rtr
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/run_all.py

@@ -8,7 +8,9 @@ speed: GSM8K questions (/work/shared/data/routellm/gsm8k_responses.csv, or $RTR_
     median over distinct questions;
   * batched: 1,000 questions encoded uncached and routed in one call, questions per second;
   * a fresh routing process per backend (subprocess): import + load time and peak RSS, and
-    whether torch was imported.
+    whether torch was imported;
+  * the same for the static>onnx-int8 cascade (25 % of training questions sent on), with the
+    share of these questions it sent to int8.
   Ratios are against sentence-transformers measured in the same run (the machine is shared).
 quality: the bundled LLMRouter set, held-out 20 %, split and training seeds 0, 1, 2: RTR's AIQ
   and maximum accuracy on its λ sweep, per backend; for the static backend also the cascade
@@ -27,11 +29,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 BACKENDS = ("sentence-transformers", "onnx", "onnx-int8", "static")
+CASCADE = "static>onnx-int8"
+"""The cascade row: static first, the least certain share of questions re-scored on int8."""
+CASCADE_SHARE = 0.25
 GSM8K = Path(os.environ.get("RTR_GSM8K_CSV", "/work/shared/data/routellm/gsm8k_responses.csv"))
 
 
@@ -48,26 +54,44 @@ def train_router(out: Path) -> None:
     """A router trained once with sentence-transformers, then re-trained per backend."""
     from langchain_rtr.predictor import TrainConfig
     from langchain_rtr.predictor.backends import make_encoder
+    from langchain_rtr.predictor.cascade import CascadePredictor
+    from langchain_rtr.routing import RTRRouter
     from langchain_rtr.workflow import fit_router, load_data, split
 
     rs = load_data("llmrouter")
     train, _ = split(rs, seed=0)
+    routers = {}
     for backend in BACKENDS:
-        router = fit_router(
+        routers[backend] = fit_router(
             rs, train, encoder=make_encoder(backend), config=TrainConfig(seed=0, max_epochs=1)
         )
-        router.save(out / backend)
+        routers[backend].save(out / backend)
+    fast, full = routers["static"].predictor, routers["onnx-int8"].predictor
+    chain = CascadePredictor.fit(fast, full, train.questions, share=CASCADE_SHARE)
+    cascade = RTRRouter(chain, rs.models, cost_unit=routers["static"].cost_unit)
+    cascade.fit_cost_scale(train.questions)
+    cascade.save(out / CASCADE)
+
+
+def load_uncached(name: str, path: Path, build: bool = True) -> Any:
+    """A saved router whose encoder(s) skip the embedding cache (each question costs its encode)."""
+    from langchain_rtr.predictor.backends import make_encoder
+    from langchain_rtr.routing import RTRRouter
+
+    if name == CASCADE:
+        fast, full = (make_encoder(b, cache=False, build=build) for b in CASCADE.split(">"))
+        return RTRRouter.load(path, fast_encoder=fast, full_encoder=full)
+    return RTRRouter.load(path, encoder=make_encoder(name, cache=False, build=build))
 
 
 CHILD = r"""
 import json, os, statistics, sys, time
 t0 = time.perf_counter()
-from langchain_rtr.predictor.backends import make_encoder
-from langchain_rtr.routing import RTRRouter
+sys.path.insert(0, sys.argv[5])
+from bench_encoders import load_uncached
 backend, path, question = sys.argv[1], sys.argv[2], sys.argv[3]
 more = json.loads(sys.argv[4])
-enc = make_encoder(backend, cache=False, build=False)
-router = RTRRouter.load(path, encoder=enc)
+router = load_uncached(backend, path, build=False)
 t1 = time.perf_counter()
 router.route(question)
 t2 = time.perf_counter()
@@ -90,7 +114,16 @@ def process_cost(
 ) -> dict[str, float]:
     start = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, backend, str(router_dir), question, json.dumps(more)],
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            backend,
+            str(router_dir),
+            question,
+            json.dumps(more),
+            str(Path(__file__).resolve().parent),
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -101,17 +134,13 @@ def process_cost(
 
 
 def speed(args: argparse.Namespace) -> None:
-    from langchain_rtr.predictor.backends import make_encoder
-    from langchain_rtr.routing import RTRRouter
-
     questions = gsm8k_questions(args.batch + args.single)
     root = Path(tempfile.mkdtemp(prefix="rtr-bench-enc-"))
     print(f"training a small router per backend into {root} ...", flush=True)
     train_router(root)
     rows = []
-    for backend in BACKENDS:
-        encoder = make_encoder(backend, cache=False)
-        router = RTRRouter.load(root / backend, encoder=encoder)
+    for backend in (*BACKENDS, CASCADE):
+        router = load_uncached(backend, root / backend)
         router.route("warm up")
         singles = []
         for q in questions[args.batch : args.batch + args.single]:
@@ -125,10 +154,14 @@ def speed(args: argparse.Namespace) -> None:
         proc = process_cost(
             backend, root / backend, questions[0], questions[args.batch : args.batch + 100]
         )
+        if backend == CASCADE:
+            stats = router.predictor.stats
+            print(f"{CASCADE}: {stats.escalated / stats.questions:.0%} of questions sent to int8")
         rows.append(
             {
                 "backend": backend,
                 "single_ms": 1000 * statistics.median(singles),
+                "single_mean_ms": 1000 * statistics.fmean(singles),
                 "batched_qps": batched,
                 **proc,
             }

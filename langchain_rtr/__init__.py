@@ -47,6 +47,8 @@ _EXPORTS: dict[str, str] = {
     "EncoderBackend": "langchain_rtr.predictor.backends",
     "EncoderBackendError": "langchain_rtr.predictor.backends",
     "build_artifact": "langchain_rtr.predictor.backends",
+    "CascadePredictor": "langchain_rtr.predictor.cascade",
+    "load_predictor": "langchain_rtr.predictor.cascade",
     # routing
     "RTRRouter": "langchain_rtr.routing",
     "Decision": "langchain_rtr.routing",
@@ -67,6 +69,7 @@ _EXPORTS: dict[str, str] = {
     "EvaluationReport": "langchain_rtr.evaluation",
     "load_data": "langchain_rtr.workflow",
     "fit_router": "langchain_rtr.workflow",
+    "fit_cascade_router": "langchain_rtr.workflow",
     # strategies
     "Strategy": "langchain_rtr.strategies",
     "ParsedAnswer": "langchain_rtr.strategies",
@@ -204,6 +207,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         build_artifact,
         make_encoder,
     )
+    from langchain_rtr.predictor.cascade import CascadePredictor, load_predictor
     from langchain_rtr.questions import Question, read_questions
     from langchain_rtr.routing import (
         AccuracyFloor,
@@ -246,4 +250,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         run_program,
         with_thinking,
     )
-    from langchain_rtr.workflow import fit_router, load_data
+    from langchain_rtr.workflow import fit_cascade_router, fit_router, load_data

@@ -1103,7 +1103,7 @@ class RTRRouter:
             directory: The directory.
             models: Specs that replace the saved ones by name (to add endpoints or API keys).
             predictor_loader: Reads ``directory/predictor``; default
-                ``langchain_rtr.predictor.RTRPredictor.load`` (imports torch).
+                ``langchain_rtr.predictor.load_predictor`` (a single predictor or a cascade).
             **predictor_kw: Passed to the default loader.
         """
         root = Path(directory)
@@ -1122,11 +1122,11 @@ class RTRRouter:
             raise RoutingError(f"{root / 'models.json'}: {exc}") from exc
         specs.update(models or {})
         if predictor_loader is None:
-            # Imported here: the predictor package pulls in torch, routing does not need it.
-            predictor_cls = importlib.import_module("langchain_rtr.predictor").RTRPredictor
+            # Imported here: routing itself needs neither the predictor package nor safetensors.
+            load = importlib.import_module("langchain_rtr.predictor.cascade").load_predictor
 
             def predictor_loader(path: Path) -> PredictorLike:
-                return cast(PredictorLike, predictor_cls.load(path, **predictor_kw))
+                return cast(PredictorLike, load(path, **predictor_kw))
 
         predictor = predictor_loader(root / "predictor")
         pairs = [tuple(p) for p in config.get("pairs", [])]

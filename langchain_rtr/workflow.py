@@ -20,6 +20,7 @@ from langchain_rtr.data.matrix import OutcomeMatrix, RoutingSet
 from langchain_rtr.errors import ConfigError
 from langchain_rtr.evaluation import EvaluationReport, evaluate_router
 from langchain_rtr.predictor import QuestionEncoder, RTRPredictor, TrainConfig
+from langchain_rtr.predictor.cascade import CascadePredictor
 from langchain_rtr.routing import CostUnit, RTRRouter
 
 TRAINING_INFO = "training.json"
@@ -96,6 +97,50 @@ def fit_router(
     )
     router = RTRRouter(
         predictor, routing_set.models, cost_unit=cost_unit or default_cost_unit(routing_set)
+    )
+    router.fit_cost_scale(train.questions)
+    return router
+
+
+def fit_cascade_router(
+    routing_set: RoutingSet,
+    train: OutcomeMatrix,
+    *,
+    fast_encoder: QuestionEncoder,
+    full_encoder: QuestionEncoder,
+    share: float = 0.25,
+    config: TrainConfig | None = None,
+    cost_unit: CostUnit | None = None,
+    progress: Callable[[int, float, float], None] | None = None,
+) -> RTRRouter:
+    """Train a predictor on each encoder and route through their :class:`CascadePredictor`.
+
+    ``share`` of the training questions (the fast predictor's least certain) set the threshold
+    above which a question is re-scored by the full predictor. ``progress`` counts epochs on
+    across both trainings.
+    """
+    descriptions = {name: spec.description for name, spec in routing_set.models.items()}
+    trained: list[RTRPredictor] = []
+    for encoder in (fast_encoder, full_encoder):
+        offset = sum(sum(p.summary.epochs) for p in trained)
+
+        def shifted(epoch: int, tl: float, vl: float, offset: int = offset) -> None:
+            if progress is not None:
+                progress(offset + epoch, tl, vl)
+
+        trained.append(
+            RTRPredictor.train(
+                train,
+                descriptions,
+                routing_set.strategies,
+                encoder=encoder,
+                config=config,
+                progress=shifted,
+            )
+        )
+    cascade = CascadePredictor.fit(trained[0], trained[1], train.questions, share=share)
+    router = RTRRouter(
+        cascade, routing_set.models, cost_unit=cost_unit or default_cost_unit(routing_set)
     )
     router.fit_cost_scale(train.questions)
     return router

@@ -106,13 +106,6 @@ class QualityRow:
     max_accuracy: list[float] = field(default_factory=list)
 
 
-def _uncertainty(correctness: np.ndarray) -> np.ndarray:
-    """Mean Bernoulli variance ``p(1-p)`` of a question's predicted correctness over pairs."""
-    import numpy as np
-
-    return np.asarray(np.mean(correctness * (1.0 - correctness), axis=1))
-
-
 class _Projected:
     """Static vectors mapped into another encoder's space by a fitted linear map, normalised."""
 
@@ -154,8 +147,9 @@ def compare_backends(
     import numpy as np
 
     from langchain_rtr.evaluation import evaluate_routing
-    from langchain_rtr.predictor import Prediction, TrainConfig
+    from langchain_rtr.predictor import TrainConfig
     from langchain_rtr.predictor.backends import make_encoder, resolve_backend
+    from langchain_rtr.predictor.cascade import CascadePredictor
     from langchain_rtr.workflow import fit_router, load_data, split
 
     names = [resolve_backend(b) for b in backends]
@@ -213,23 +207,24 @@ def compare_backends(
             )
         if "static" not in outputs or not cascade:
             continue
-        router, fast, test_emb, train_emb = outputs["static"]
-        full = outputs[cascade_full][1]
-        u_train = _uncertainty(router.predictor.predict_embeddings(train_emb).correctness)
-        u_test = _uncertainty(fast.correctness)
+        router, _, test_emb, train_emb = outputs["static"]
+        full_router = outputs[cascade_full][0]
+        kw = {"cost_unit": router.cost_unit, "cost_scale": router.cost_scale}
         for share in cascade:
-            hard = u_test > float(np.quantile(u_train, 1.0 - share))
-            tokens = None
-            if fast.output_tokens is not None and full.output_tokens is not None:
-                tokens = np.where(hard[:, None], full.output_tokens, fast.output_tokens)
-            mixed = Prediction(
-                correctness=np.where(hard[:, None], full.correctness, fast.correctness),
-                output_tokens=tokens,
+            chain = CascadePredictor.fit(
+                router.predictor, full_router.predictor, train.questions, share=share
             )
-            kw = {"cost_unit": router.cost_unit, "cost_scale": router.cost_scale}
             record(
                 f"static, {share:.0%} least certain via {cascade_full}",
-                evaluate_routing(test, mixed, test_emb, train, train_emb, router.models, **kw),
+                evaluate_routing(
+                    test,
+                    chain.predict_embeddings(test_emb, test.questions),
+                    test_emb,
+                    train,
+                    train_emb,
+                    router.models,
+                    **kw,
+                ),
             )
     return list(rows.values())
 

@@ -89,10 +89,23 @@ def _train(
     cost_unit: str | None,
     max_questions: int | None = None,
     encoder_backend: str | None = None,
+    cascade_to: str | None = None,
+    cascade_share: float = 0.25,
 ) -> Any:
-    """Load, split, encode and train with progress on stderr: (set, router, train, test)."""
+    """Load, split, encode and train with progress on stderr: (set, router, train, test).
+
+    With ``cascade_to``, a second predictor is trained on that backend and the router sends the
+    first one's least certain questions (``cascade_share`` of training questions) to it.
+    """
     from langchain_rtr.predictor import TrainConfig
-    from langchain_rtr.workflow import fit_router, load_data, split
+    from langchain_rtr.predictor.backends import resolve_backend
+    from langchain_rtr.workflow import fit_cascade_router, fit_router, load_data, split
+
+    if cascade_to is not None and resolve_backend(cascade_to) == resolve_backend(encoder_backend):
+        raise typer.BadParameter(
+            f"--cascade-to {cascade_to} is the backend already in use; choose a fuller one "
+            "(and a fast --encoder, such as static)"
+        )
 
     started = time.perf_counter()
     with err_console.status(f"loading {data}"):
@@ -110,16 +123,32 @@ def _train(
 
         encoder = default_encoder(backend=encoder_backend)
         encoder.encode(train.questions + test.questions, show_progress=False)
-    progress, on_epoch = _epoch_progress(config.max_epochs * config.ensemble)
+        full = default_encoder(backend=cascade_to) if cascade_to is not None else None
+        if full is not None:
+            full.encode(train.questions + test.questions, show_progress=False)
+    trainings = 1 if full is None else 2
+    progress, on_epoch = _epoch_progress(config.max_epochs * config.ensemble * trainings)
     with progress:
-        router = fit_router(
-            routing_set,
-            train,
-            encoder=encoder,
-            config=config,
-            cost_unit=cost_unit,  # type: ignore[arg-type]
-            progress=on_epoch,
-        )
+        if full is None:
+            router = fit_router(
+                routing_set,
+                train,
+                encoder=encoder,
+                config=config,
+                cost_unit=cost_unit,  # type: ignore[arg-type]
+                progress=on_epoch,
+            )
+        else:
+            router = fit_cascade_router(
+                routing_set,
+                train,
+                fast_encoder=encoder,
+                full_encoder=full,
+                share=cascade_share,
+                config=config,
+                cost_unit=cost_unit,  # type: ignore[arg-type]
+                progress=on_epoch,
+            )
     err_console.print(f"[dim]trained in {time.perf_counter() - started:.1f} s[/dim]")
     return routing_set, router, train, test
 
@@ -205,11 +234,27 @@ def train(
         str | None, typer.Option(help="usd or tokens (default: usd when models have prices).")
     ] = None,
     encoder: EncoderOpt = None,
+    cascade_to: Annotated[
+        str | None,
+        typer.Option(
+            "--cascade-to",
+            help="Also train on this backend (onnx-int8, say) and send it the --encoder "
+            "predictor's least certain questions.",
+        ),
+    ] = None,
+    cascade_share: Annotated[
+        float,
+        typer.Option(
+            "--cascade-share", min=0.0, max=1.0, help="Share of training questions sent on."
+        ),
+    ] = 0.25,
 ) -> None:
     """Train a router on a routing set's training part and save it."""
     from langchain_rtr.workflow import TrainingInfo, save_training_info
 
-    routing_set, router, _, _ = _train(data, test_fraction, seed, cost_unit, None, encoder)
+    routing_set, router, _, _ = _train(
+        data, test_fraction, seed, cost_unit, None, encoder, cascade_to, cascade_share
+    )
     router.save(out)
     save_training_info(out, TrainingInfo(data, test_fraction, seed, str(router.cost_unit)))
     console.print(f"router saved to {out} ({routing_set.name}, {len(router.pairs)} pairs)")
@@ -255,6 +300,20 @@ def eval_(
     with err_console.status("evaluating"):
         report = evaluate(router, train_part, test, name=routing_set.name)
     _print_report(report, plot, json_out)
+    _print_cascade_share(router)
+
+
+def _print_cascade_share(router: Any) -> None:
+    """For a cascade router, how many questions its full encoder saw."""
+    from langchain_rtr.predictor.cascade import CascadePredictor
+
+    chain = router.predictor
+    if isinstance(chain, CascadePredictor) and chain.stats.questions:
+        stats = chain.stats
+        console.print(
+            f"cascade: {stats.escalated} of {stats.questions} questions "
+            f"({stats.escalated / stats.questions:.0%}) re-scored with {chain.full.encoder.id}"
+        )
 
 
 @app.command()

@@ -68,6 +68,10 @@ TOKENIZER_FILE = "tokenizer.json"
 STATIC_PCA_DIMS = 256
 """The static encoder's vector size (model2vec's PCA default)."""
 
+ONNX_FP32_BATCH = 16
+"""Most texts per ONNX Runtime run of the fp32 encoder. On 2 cores, 500 GSM8K questions encoded
+at a median of 111 per second in runs of 16 against 93 in runs of 64 (4 rounds interleaved)."""
+
 _ONNX_OPSET = 17
 _BUILT_BACKENDS: tuple[EncoderBackend, ...] = ("onnx", "onnx-int8", "static")
 
@@ -606,6 +610,6 @@ def make_encoder(
         if name == "static":
             encoder = StaticEncoder(path, encoder_id)
         else:
-            max_batch = 1 if name == "onnx-int8" else None
+            max_batch = 1 if name == "onnx-int8" else ONNX_FP32_BATCH
             encoder = OnnxEncoder(path, encoder_id, threads=threads, max_batch=max_batch)
     return CachedEncoder(encoder, cache_dir) if cache else encoder

@@ -23,6 +23,11 @@ DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 
 DEFAULT_ENCODER_ID = f"sentence-transformers:{DEFAULT_MODEL_NAME}"
 
+CPU_BATCH_SIZE = 16
+"""Most texts per forward pass of the sentence-transformers encoder on CPU. On 2 cores, 500
+GSM8K questions encoded at a median of 84 per second in batches of 16 against 65 in batches of
+64 (74 at 32, 80 at 8; 4 rounds interleaved): smaller batches keep the activations in cache."""
+
 _CACHE_ENV = "RTR_CACHE_DIR"
 _CACHE_FILE = "embeddings.sqlite3"
 _SQL_CHUNK = 500  # keys per SELECT; well under SQLite's bound-variable limit
@@ -76,8 +81,9 @@ def _onednn_off() -> Iterator[None]:
     import torch
 
     with _ONEDNN_SWITCH:
+        # `enabled` is a settable property that torch's stubs type as its descriptor.
         before = torch.backends.mkldnn.enabled
-        torch.backends.mkldnn.enabled = False
+        torch.backends.mkldnn.enabled = False  # type: ignore[assignment]
         try:
             yield
         finally:
@@ -171,6 +177,8 @@ class SentenceTransformerEncoder:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         model = self._load()
+        if self.device == "cpu":
+            batch_size = min(batch_size, CPU_BATCH_SIZE)
         # oneDNN keeps a compiled kernel for every input shape it meets, and questions come in
         # every length and batch size: a routing server's RSS grew by about 5 KB a request
         # (450 MB over 1,000 encodes of mixed shapes), flat with oneDNN off, at the same speed

@@ -23,6 +23,7 @@ from langchain_rtr.predictor import CheckpointError, RTRPredictor, TrainConfig
 from langchain_rtr.predictor.backends import (
     BACKEND_ENV,
     BACKENDS,
+    ONNX_FP32_BATCH,
     EncoderBackendError,
     artifact_dir,
     artifact_ready,
@@ -153,6 +154,13 @@ def test_onnx_fp32_matches_sentence_transformers(
     # Batching and order do not change a vector.
     one_by_one = np.stack([encoder.encode([q])[0] for q in questions[:6]])
     np.testing.assert_allclose(one_by_one, vectors[:6], atol=1e-5)
+    # A large request runs in slices of ONNX_FP32_BATCH (faster on CPU), same vectors.
+    inner = uncached(encoder)
+    runs: list[int] = []
+    real = inner._run  # type: ignore[attr-defined]
+    inner._run = lambda texts: (runs.append(len(texts)), real(texts))[1]  # type: ignore[attr-defined]
+    np.testing.assert_allclose(encoder.encode(questions, batch_size=64), vectors, atol=1e-5)
+    assert max(runs) == ONNX_FP32_BATCH and sum(runs) == len(questions)
 
 
 def test_onnx_int8_is_close(cache_root: Path, st_vectors: tuple[list[str], np.ndarray]) -> None:
@@ -329,6 +337,18 @@ def test_numpy_scorer_is_stable_at_extremes(int8_checkpoint: Path) -> None:
 # ------------------------------------------------------------------ torch-free process
 
 
+def run_child(script: str, cache_root: Path, *args: str) -> dict[str, object]:
+    """Run ``script`` in a fresh interpreter on the built artifacts; its last line, as JSON."""
+    env = {**os.environ, "RTR_CACHE_DIR": str(cache_root), "HF_HUB_OFFLINE": "1"}
+    env.pop(BACKEND_ENV, None)
+    out = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
 @pytest.mark.parametrize("backend", ["onnx-int8", "static"])
 def test_routing_process_never_imports_torch(
     backend: str, cache_root: Path, tmp_path: Path
@@ -354,20 +374,87 @@ def test_routing_process_never_imports_torch(
                           "encoder": router.predictor.encoder.id}))
         """
     )
-    env = {**os.environ, "RTR_CACHE_DIR": str(cache_root), "HF_HUB_OFFLINE": "1"}
-    env.pop(BACKEND_ENV, None)
-    out = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path / "router")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = run_child(script, cache_root, str(tmp_path / "router"))
     assert result["torch"] is False
     assert result["encoder"] == backend_encoder_id(backend)  # type: ignore[arg-type]
     assert tuple(result["pair"]) == expected
+
+
+def test_a_static_to_int8_cascade_routes_without_torch(cache_root: Path, tmp_path: Path) -> None:
+    """The real cascade, saved and loaded in a fresh process: static first, doubtful to int8."""
+    from langchain_rtr.predictor.cascade import CascadePredictor
+    from langchain_rtr.routing import RTRRouter
+    from langchain_rtr.specs import ModelSpec
+
+    matrix, models, strategies = topic_matrix()
+    fast, full = (
+        RTRPredictor.train(
+            matrix, models, strategies, encoder=make_encoder(b, cache_dir=cache_root), config=FAST
+        )
+        for b in ("static", "onnx-int8")
+    )
+    cascade = CascadePredictor.fit(fast, full, matrix.questions, share=0.5)
+    specs = {m: ModelSpec(name=m, description=d) for m, d in models.items()}
+    router = RTRRouter(cascade, specs, cost_unit="tokens")
+    router.fit_cost_scale(matrix.questions)
+    router.save(tmp_path / "router")
+    questions, _, _ = topic_matrix(n=16, seed=9)
+    expected = [d.pair for d in router.route_batch(questions.questions)]
+    script = textwrap.dedent(
+        """
+        import json, sys
+        from langchain_rtr.routing import RTRRouter
+        router = RTRRouter.load(sys.argv[1])
+        pairs = [d.pair for d in router.route_batch(json.loads(sys.argv[2]))]
+        stats = router.predictor.stats
+        print(json.dumps({"pairs": pairs, "torch": "torch" in sys.modules,
+                          "ids": [router.predictor.fast.encoder.id,
+                                  router.predictor.full.encoder.id],
+                          "escalated": stats.escalated, "questions": stats.questions}))
+        """
+    )
+    result = run_child(
+        script, cache_root, str(tmp_path / "router"), json.dumps(questions.questions)
+    )
+    assert result["torch"] is False
+    assert result["ids"] == [backend_encoder_id("static"), backend_encoder_id("onnx-int8")]
+    assert result["questions"] == 16 and 0 < result["escalated"] < 16
+    assert [tuple(p) for p in result["pairs"]] == expected
+
+
+def test_cli_trains_evaluates_and_routes_a_cascade(
+    cache_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from langchain_rtr.cli.main import app
+
+    monkeypatch.setenv("RTR_CACHE_DIR", str(cache_root))
+    monkeypatch.delenv(BACKEND_ENV, raising=False)
+    runner = CliRunner()
+    out = tmp_path / "router"
+    args = ["train", "--data", "smol-arith", "--out", str(out), "--encoder", "static"]
+    same = runner.invoke(app, [*args, "--cascade-to", "static"])
+    assert same.exit_code == 2 and "already in use" in same.output
+    result = runner.invoke(app, [*args, "--cascade-to", "onnx-int8", "--cascade-share", "0.3"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "predictor" / "cascade.json").read_text())
+    assert saved["share"] == 0.3
+    for half, backend in (("fast", "static"), ("full", "onnx-int8")):
+        config = json.loads((out / "predictor" / half / "config.json").read_text())
+        assert config["encoder"]["id"] == backend_encoder_id(backend)  # type: ignore[arg-type]
+    routed = runner.invoke(app, ["route", "What is 17 times 23?", "--router", str(out), "--json"])
+    assert routed.exit_code == 0, routed.output
+    assert json.loads(routed.output)["status"] == "ok"
+    evaluated = runner.invoke(
+        app, ["eval", "--router", str(out), "--plot", str(tmp_path / "p.png")]
+    )
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "rtr" in evaluated.output.lower() and (tmp_path / "p.png").is_file()
+    assert "re-scored with onnx-int8:all-MiniLM-L6-v2" in evaluated.output
+    refused = runner.invoke(app, ["eval", "--router", str(out), "--encoder", "onnx"])
+    assert isinstance(refused.exception, CheckpointError)  # the entry point prints it as a line
+    assert "cascade of two predictors" in str(refused.exception)
 
 
 def test_int8_builds_its_fp32_parent_first_without_deadlock(

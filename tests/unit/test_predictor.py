@@ -557,3 +557,27 @@ def test_sentence_transformer_encodes_with_onednn_off_and_restores_it(
     assert seen == [False]
     assert torch.backends.mkldnn.enabled == before
     assert vectors.shape == (1, encoder.dim)
+
+
+def test_sentence_transformer_encodes_small_batches_on_cpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from langchain_rtr.predictor.encoder import CPU_BATCH_SIZE
+
+    encoder = SentenceTransformerEncoder()
+    model = encoder._load()
+    sizes: list[object] = []
+    real = model.encode
+
+    def spy(*args: object, **kwargs: object) -> object:
+        sizes.append(kwargs.get("batch_size"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "encode", spy)
+    texts = [real_question(("alpha", "beta")[i % 2], i) for i in range(CPU_BATCH_SIZE + 5)]
+    together = encoder.encode(texts, batch_size=64)
+    assert sizes == [CPU_BATCH_SIZE]
+    alone = np.concatenate([encoder.encode([t]) for t in texts])
+    np.testing.assert_allclose(together, alone, atol=2e-5)
+    encoder.encode(texts, batch_size=4)
+    assert sizes[-1] == 4  # smaller requests are kept
