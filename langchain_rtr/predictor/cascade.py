@@ -123,7 +123,7 @@ class CascadePredictor:
         return self.fast.pairs
 
     @property
-    def encoder(self) -> Any:
+    def encoder(self) -> QuestionEncoder:
         """The fast encoder: what evaluation's KNN baseline and the embedding cache see."""
         return self.fast.encoder
 
@@ -134,7 +134,7 @@ class CascadePredictor:
 
     @property
     def stats(self) -> CascadeStats:
-        """Questions scored so far, and how many of them went to the full predictor."""
+        """Questions scored since this cascade was built or loaded, and how many went on."""
         return CascadeStats(self._questions, self._escalated)
 
     def predict(self, questions: Sequence[str]) -> Prediction:
@@ -155,8 +155,10 @@ class CascadePredictor:
         """
         quick = self.fast.predict_embeddings(embeddings)
         n = quick.correctness.shape[0]
+        if questions is not None and len(questions) != n:
+            raise PredictorError(f"{len(questions)} questions for {n} embeddings")
         hard = np.flatnonzero(uncertainty(quick.correctness) > self.threshold)
-        if hard.size and (questions is None or len(questions) != n):
+        if hard.size and questions is None:
             raise PredictorError(
                 f"{hard.size} question(s) need the full predictor, which encodes texts: pass "
                 f"the {n} questions with the embeddings"

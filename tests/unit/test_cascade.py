@@ -169,9 +169,10 @@ def test_embeddings_alone_suffice_only_when_nothing_is_sent_on(halves) -> None:
     cascade = CascadePredictor.fit(fast, full, train.questions, share=0.25)
     with pytest.raises(PredictorError, match="pass the 8 questions"):
         cascade.predict_embeddings(emb)
-    with pytest.raises(PredictorError):
-        cascade.predict_embeddings(emb, test.questions[:3])
     never = CascadePredictor.fit(fast, full, train.questions, share=0.0)
+    for chain in (cascade, never):
+        with pytest.raises(PredictorError, match="3 questions for 8 embeddings"):
+            chain.predict_embeddings(emb, test.questions[:3])
     assert never.predict_embeddings(emb).correctness.shape == (8, 4)
     with pytest.raises(PredictorError, match="not one string"):
         cascade.predict("alpha question")
