@@ -124,8 +124,8 @@ def _train(
         encoder = default_encoder(backend=encoder_backend)
         encoder.encode(train.questions + test.questions, show_progress=False)
         full = default_encoder(backend=cascade_to) if cascade_to is not None else None
-        if full is not None:
-            full.encode(train.questions + test.questions, show_progress=False)
+        if full is not None:  # it sees only the doubtful questions after training
+            full.encode(train.questions, show_progress=False)
     trainings = 1 if full is None else 2
     progress, on_epoch = _epoch_progress(config.max_epochs * config.ensemble * trainings)
     with progress:
