@@ -51,7 +51,7 @@ def gsm8k_questions(n: int) -> list[str]:
 
 
 def train_router(out: Path) -> None:
-    """A router trained once with sentence-transformers, then re-trained per backend."""
+    """A one-epoch router per backend, and the static>onnx-int8 cascade over two of them."""
     from langchain_rtr.predictor import TrainConfig
     from langchain_rtr.predictor.backends import make_encoder
     from langchain_rtr.predictor.cascade import CascadePredictor

@@ -87,19 +87,8 @@ def fit_router(
     progress: Callable[[int, float, float], None] | None = None,
 ) -> RTRRouter:
     """Train the predictor on ``train`` and wrap it in a router with a fitted cost scale."""
-    predictor = RTRPredictor.train(
-        train,
-        {name: spec.description for name, spec in routing_set.models.items()},
-        routing_set.strategies,
-        encoder=encoder,
-        config=config,
-        progress=progress,
-    )
-    router = RTRRouter(
-        predictor, routing_set.models, cost_unit=cost_unit or default_cost_unit(routing_set)
-    )
-    router.fit_cost_scale(train.questions)
-    return router
+    predictor = _train_predictor(routing_set, train, encoder, config, progress)
+    return _router_over(predictor, routing_set, train, cost_unit)
 
 
 def fit_cascade_router(
@@ -119,28 +108,44 @@ def fit_cascade_router(
     above which a question is re-scored by the full predictor. ``progress`` counts epochs on
     across both trainings.
     """
-    descriptions = {name: spec.description for name, spec in routing_set.models.items()}
-    trained: list[RTRPredictor] = []
-    for encoder in (fast_encoder, full_encoder):
-        offset = sum(sum(p.summary.epochs) for p in trained)
+    fast = _train_predictor(routing_set, train, fast_encoder, config, progress)
+    done = sum(fast.summary.epochs)
 
-        def shifted(epoch: int, tl: float, vl: float, offset: int = offset) -> None:
-            if progress is not None:
-                progress(offset + epoch, tl, vl)
+    def after_fast(epoch: int, train_loss: float, val_loss: float) -> None:
+        if progress is not None:
+            progress(done + epoch, train_loss, val_loss)
 
-        trained.append(
-            RTRPredictor.train(
-                train,
-                descriptions,
-                routing_set.strategies,
-                encoder=encoder,
-                config=config,
-                progress=shifted,
-            )
-        )
-    cascade = CascadePredictor.fit(trained[0], trained[1], train.questions, share=share)
+    full = _train_predictor(routing_set, train, full_encoder, config, after_fast)
+    cascade = CascadePredictor.fit(fast, full, train.questions, share=share)
+    return _router_over(cascade, routing_set, train, cost_unit)
+
+
+def _train_predictor(
+    routing_set: RoutingSet,
+    train: OutcomeMatrix,
+    encoder: QuestionEncoder | None,
+    config: TrainConfig | None,
+    progress: Callable[[int, float, float], None] | None,
+) -> RTRPredictor:
+    return RTRPredictor.train(
+        train,
+        {name: spec.description for name, spec in routing_set.models.items()},
+        routing_set.strategies,
+        encoder=encoder,
+        config=config,
+        progress=progress,
+    )
+
+
+def _router_over(
+    predictor: RTRPredictor | CascadePredictor,
+    routing_set: RoutingSet,
+    train: OutcomeMatrix,
+    cost_unit: CostUnit | None,
+) -> RTRRouter:
+    """A router over ``predictor`` with its cost scale fitted on the training questions."""
     router = RTRRouter(
-        cascade, routing_set.models, cost_unit=cost_unit or default_cost_unit(routing_set)
+        predictor, routing_set.models, cost_unit=cost_unit or default_cost_unit(routing_set)
     )
     router.fit_cost_scale(train.questions)
     return router

@@ -31,6 +31,7 @@ from langchain_rtr.predictor.predictor import (
     PredictorError,
     RTRPredictor,
     _atomic_write,
+    read_json_object,
 )
 
 CASCADE_FILE = "cascade.json"
@@ -187,7 +188,7 @@ class CascadePredictor:
         config = {
             "format": CASCADE_FORMAT,
             "format_version": CASCADE_VERSION,
-            "threshold": _json_float(self.threshold),
+            "threshold": self.threshold,  # ±inf for shares 0 and 1, as json's Infinity
             "share": self.share,
             "fast": FAST_DIR,
             "full": FULL_DIR,
@@ -225,11 +226,8 @@ class CascadePredictor:
                     "encoders a checkpoint cannot rebuild, or train a new cascade)"
                 )
             kwargs.pop(key, None)
-        try:
-            config = json.loads(path.read_text("utf-8"))
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"{path}: unreadable cascade file ({exc})") from exc
-        if not isinstance(config, dict) or config.get("format") != CASCADE_FORMAT:
+        config = read_json_object(path)
+        if config.get("format") != CASCADE_FORMAT:
             raise CheckpointError(f"{path}: not a {CASCADE_FORMAT} file")
         if config.get("format_version") != CASCADE_VERSION:
             raise CheckpointError(
@@ -254,11 +252,6 @@ class CascadePredictor:
             f"CascadePredictor(fast={self.fast.encoder.id!r}, full={self.full.encoder.id!r}, "
             f"share={self.share:g}, threshold={self.threshold:.4g})"
         )
-
-
-def _json_float(x: float) -> float | str:
-    """JSON has no infinity: write it as a string ``float()`` reads back."""
-    return x if math.isfinite(x) else ("inf" if x > 0 else "-inf")
 
 
 def load_predictor(directory: str | Path, **kwargs: Any) -> RTRPredictor | CascadePredictor:

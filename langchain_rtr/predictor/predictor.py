@@ -866,6 +866,11 @@ def _read_config(directory: Path) -> dict[str, Any]:
     path = directory / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{directory} is not a predictor checkpoint: no {CONFIG_FILE}")
+    return read_json_object(path)
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A checkpoint's JSON file as a dict; any failure is a :class:`CheckpointError` naming it."""
     try:
         config = json.loads(path.read_text("utf-8"))
     except (OSError, ValueError) as exc:

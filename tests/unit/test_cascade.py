@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -22,57 +22,36 @@ from langchain_rtr.predictor.cascade import (
 )
 from langchain_rtr.routing import RTRRouter
 from langchain_rtr.specs import ModelSpec
+from tests.unit.test_predictor import MODELS, STRATEGIES, TOPICS, TopicEncoder, planted_matrix
 
-MODELS = {"m1": "Good at alpha.", "m2": "Good at beta."}
-STRATEGIES = {"direct": "Answer at once.", "cot": "Reason step by step."}
 CONFIG = TrainConfig(hidden=32, learnable_dim=4, max_epochs=60, patience=8, lr=3e-3, seed=0)
 
 
-class TopicEncoder:
-    """A topic direction plus per-text noise. ``blind_to`` hides the topic of texts with it."""
+class BlindEncoder(TopicEncoder):
+    """A ``TopicEncoder`` that cannot see the topic of texts containing ``blind_to``."""
 
-    def __init__(self, encoder_id: str, blind_to: str | None = None, dim: int = 16) -> None:
-        self.id, self.dim, self.blind_to = encoder_id, dim, blind_to
-        self.calls: list[list[str]] = []
+    def __init__(self, encoder_id: str, blind_to: str | None = None) -> None:
+        super().__init__(dim=16, encoder_id=encoder_id, noise=0.1)
+        self.blind_to = blind_to
 
     def encode(
         self, texts: Sequence[str], *, batch_size: int = 64, show_progress: bool = False
     ) -> np.ndarray:
-        self.calls.append(list(texts))
-        out = np.zeros((len(texts), self.dim), np.float32)
+        out = super().encode(texts)
         for i, text in enumerate(texts):
-            seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
-            out[i] = 0.1 * np.random.default_rng(seed).standard_normal(self.dim)
-            if self.blind_to is None or self.blind_to not in text:
-                out[i, 0 if "alpha" in text else 1] += 1.0
+            if self.blind_to is not None and self.blind_to in text:
+                out[i, : len(TOPICS)] = 0.0
         return out
 
 
 def topic_matrix(n: int, seed: int) -> OutcomeMatrix:
-    """m1 solves alpha, m2 solves beta; every fourth question is "vague" (same rule)."""
-    rng = np.random.default_rng(seed)
-    pairs = [(m, s) for m in MODELS for s in STRATEGIES]
-    questions, sources = [], []
-    score = np.zeros((n, len(pairs)), np.float32)
-    tokens = np.zeros((n, len(pairs)), np.float32)
-    for i in range(n):
-        topic = ("alpha", "beta")[i % 2]
-        vague = " vague" if i % 4 in (0, 1) and (i // 4) % 2 == 0 else ""
-        questions.append(f"{topic}{vague} question {seed}-{i}")
-        sources.append(topic)
-        for j, (m, s) in enumerate(pairs):
-            score[i, j] = float((m == "m1") == (topic == "alpha"))
-            tokens[i, j] = (40.0 if s == "direct" else 400.0) * rng.uniform(0.8, 1.25)
-    nan = np.full(score.shape, np.nan, np.float32)
-    return OutcomeMatrix(
-        questions=questions,
-        sources=sources,
-        pairs=pairs,
-        score=score,
-        output_tokens=tokens,
-        input_tokens=nan.copy(),
-        cost=nan.copy(),
-    )
+    """The planted topics (m1 solves alpha, m2 beta); a quarter of the questions are "vague"."""
+    matrix = planted_matrix(n, seed)
+    vague = [
+        q.replace(" question", " vague question") if i % 8 in (0, 1) else q
+        for i, q in enumerate(matrix.questions)
+    ]
+    return dataclasses.replace(matrix, questions=vague)
 
 
 @pytest.fixture(scope="module")
@@ -80,10 +59,10 @@ def halves() -> tuple[RTRPredictor, RTRPredictor, OutcomeMatrix]:
     """A predictor blind to "vague" questions' topic, one that sees every topic, their data."""
     train = topic_matrix(240, seed=1)
     fast = RTRPredictor.train(
-        train, MODELS, STRATEGIES, encoder=TopicEncoder("fake:blind", "vague"), config=CONFIG
+        train, MODELS, STRATEGIES, encoder=BlindEncoder("fake:blind", "vague"), config=CONFIG
     )
     full = RTRPredictor.train(
-        train, MODELS, STRATEGIES, encoder=TopicEncoder("fake:sighted"), config=CONFIG
+        train, MODELS, STRATEGIES, encoder=BlindEncoder("fake:sighted"), config=CONFIG
     )
     return fast, full, train
 
@@ -194,7 +173,7 @@ def test_halves_must_cover_the_same_pairs(halves) -> None:
         narrow,
         MODELS,
         {"direct": STRATEGIES["direct"]},
-        encoder=TopicEncoder("fake:sighted"),
+        encoder=BlindEncoder("fake:sighted"),
         config=TrainConfig(hidden=8, learnable_dim=2, max_epochs=1, seed=0),
     )
     with pytest.raises(PredictorError, match="same pairs"):

@@ -37,9 +37,10 @@ TOPICS = ("alpha", "beta")
 class TopicEncoder:
     """Deterministic and fast: a topic direction plus per-text noise from a hash of the text."""
 
-    def __init__(self, dim: int = 32, encoder_id: str = "fake:topic") -> None:
+    def __init__(self, dim: int = 32, encoder_id: str = "fake:topic", noise: float = 0.3) -> None:
         self.id = encoder_id
         self.dim = dim
+        self.noise = noise
         self.calls: list[list[str]] = []
 
     def encode(
@@ -49,7 +50,7 @@ class TopicEncoder:
         out = np.zeros((len(texts), self.dim), np.float32)
         for i, text in enumerate(texts):
             seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
-            out[i] = 0.3 * np.random.default_rng(seed).standard_normal(self.dim)
+            out[i] = self.noise * np.random.default_rng(seed).standard_normal(self.dim)
             for t, topic in enumerate(TOPICS):
                 if topic in text:
                     out[i, t] += 1.0
@@ -538,23 +539,34 @@ def test_default_encoder_is_minilm_offline() -> None:
     assert isinstance(plain, QuestionEncoder)
 
 
+def spy_on_model_encode(
+    encoder: SentenceTransformerEncoder, monkeypatch: pytest.MonkeyPatch
+) -> list[dict[str, object]]:
+    """Record, per call of the underlying ``SentenceTransformer.encode``, its batch size and
+    whether oneDNN was on."""
+    model = encoder._load()
+    calls: list[dict[str, object]] = []
+    real = model.encode
+
+    def spy(*args: object, **kwargs: object) -> object:
+        calls.append(
+            {"batch_size": kwargs.get("batch_size"), "onednn": torch.backends.mkldnn.enabled}
+        )
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "encode", spy)
+    return calls
+
+
 def test_sentence_transformer_encodes_with_onednn_off_and_restores_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # oneDNN caches a kernel per input shape without bound (RSS grew ~5 KB per routed request)
     encoder = SentenceTransformerEncoder()
-    model = encoder._load()
-    seen: list[bool] = []
-    real = model.encode
-
-    def spy(*args: object, **kwargs: object) -> object:
-        seen.append(torch.backends.mkldnn.enabled)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(model, "encode", spy)
+    calls = spy_on_model_encode(encoder, monkeypatch)
     before = torch.backends.mkldnn.enabled
     vectors = encoder.encode(["How many legs do three spiders have?"])
-    assert seen == [False]
+    assert [c["onednn"] for c in calls] == [False]
     assert torch.backends.mkldnn.enabled == before
     assert vectors.shape == (1, encoder.dim)
 
@@ -565,19 +577,11 @@ def test_sentence_transformer_encodes_small_batches_on_cpu(
     from langchain_rtr.predictor.encoder import CPU_BATCH_SIZE
 
     encoder = SentenceTransformerEncoder()
-    model = encoder._load()
-    sizes: list[object] = []
-    real = model.encode
-
-    def spy(*args: object, **kwargs: object) -> object:
-        sizes.append(kwargs.get("batch_size"))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(model, "encode", spy)
+    calls = spy_on_model_encode(encoder, monkeypatch)
     texts = [real_question(("alpha", "beta")[i % 2], i) for i in range(CPU_BATCH_SIZE + 5)]
     together = encoder.encode(texts, batch_size=64)
-    assert sizes == [CPU_BATCH_SIZE]
+    assert [c["batch_size"] for c in calls] == [CPU_BATCH_SIZE]
     alone = np.concatenate([encoder.encode([t]) for t in texts])
     np.testing.assert_allclose(together, alone, atol=2e-5)
     encoder.encode(texts, batch_size=4)
-    assert sizes[-1] == 4  # smaller requests are kept
+    assert calls[-1]["batch_size"] == 4  # smaller requests are kept
