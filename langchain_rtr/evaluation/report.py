@@ -229,7 +229,7 @@ def pair_source_table(rows: list[MethodResult], title: str, max_sources: int = 1
     """Accuracy / mean output tokens of each row, overall and per source."""
     sources = sorted(rows[0].metrics.per_source)[:max_sources] if rows else []
     table = Table(title=title + " (accuracy / mean output tokens)", title_justify="left")
-    table.add_column("pair")
+    table.add_column("pair", no_wrap=True)
     table.add_column("all", justify="right")
     for s in sources if len(sources) > 1 else []:
         table.add_column(s, justify="right")
