@@ -261,7 +261,10 @@ def main(argv: list[str] | None = None) -> None:
             f"{label}: trained in {rows[units[0]]['train_seconds']:.1f} s; "
             + "; ".join(
                 f"{u}: RTR AIQ {r['rtr_aiq']:.4f}, KNN {r['knn_aiq']:.4f}, singles "
-                f"{r['singles_aiq']:.4f}"
+                f"{r['singles_aiq']:.4f}, model-best {r['model_best_aiq']:.4f}; best single "
+                f"{r['best_single']} {r['best_single_accuracy']:.4f}, RTR reaches it at "
+                f"{_fmt(r['rtr_match_best_cost_ratio'], 'ratio')} of its cost, RTR max accuracy "
+                f"{r['rtr_max_accuracy']:.4f}"
                 for u, r in rows.items()
             )
             + f"; load {os.getloadavg()}"

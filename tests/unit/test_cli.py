@@ -170,3 +170,37 @@ def test_errors_are_one_clear_line(args: tuple[str, ...], needle: str) -> None:
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error:") and needle in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_leave_one_source_out_never_trains_on_the_held_out_source(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from langchain_rtr.predictor import RTRPredictor
+
+    trained_on: list[set[str]] = []
+    real_train = RTRPredictor.train
+
+    def spy(train: object, *args: object, **kwargs: object) -> RTRPredictor:
+        trained_on.append(set(train.sources))  # type: ignore[attr-defined]
+        return real_train(train, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(RTRPredictor, "train", staticmethod(spy))
+    out = tmp_path / "geo-out"
+    result = runner.invoke(
+        app, ["train", "--data", str(data_dir), "--out", str(out), "--hold-out-source", "geo"]
+    )
+    assert result.exit_code == 0, result.output
+    assert trained_on == [{"math"}]
+    assert json.loads((out / "training.json").read_text())["held_out_source"] == "geo"
+    result = runner.invoke(app, ["eval", "--router", str(out), "--plot", str(tmp_path / "p.png")])
+    assert result.exit_code == 0, result.output
+    assert "24 test questions" in result.output  # every geo question, and only those
+
+    report = tmp_path / "loso.json"
+    result = runner.invoke(
+        app, ["eval", "--protocol", "loso", "--data", str(data_dir), "--json", str(report)]
+    )
+    assert result.exit_code == 0, result.output
+    assert trained_on[1:] == [{"math"}, {"geo"}]  # one router per held-out source
+    assert set(json.loads(report.read_text())) == {"geo", "math"}
+    assert "leave-one-source-out" in result.output
