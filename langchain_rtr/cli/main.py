@@ -191,10 +191,12 @@ def _parse_pairs(allow: list[str] | None) -> list[Any] | None:
 
 
 def _print_decision(router: Any, question: str, policy: Any, allowed: Any) -> None:
+    from langchain_rtr.cli.render import routing_table_view
+
     tables = router.tables([question])  # one prediction serves the table and the decision
     decision = router.decide(tables, policy, allowed)[0]
     console.print()
-    console.print(tables[0])
+    console.print(routing_table_view(tables[0]))
     if decision.model is None:
         console.print(f"decision: [red]no pair chosen[/red] ({decision.status})")
     else:
