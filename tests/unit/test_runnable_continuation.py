@@ -177,9 +177,9 @@ def test_by_default_only_chat_openai_on_a_server_continues() -> None:
     rtr = RTRRunnable(
         router=FakeRouter(), models={"big": served, "small": hosted}, strategies=make_strategies()
     )
-    assert rtr._can_continue("big") and not rtr._can_continue("small")
+    assert rtr.engine.can_continue("big") and not rtr.engine.can_continue("small")
     fakes, _, _ = build(continuable_models=None)
-    assert not fakes._can_continue("small")
+    assert not fakes.engine.can_continue("small")
 
 
 def test_an_error_event_from_a_dying_server_is_continued_too() -> None:
