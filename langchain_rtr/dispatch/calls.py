@@ -96,16 +96,45 @@ def _describe(exc: BaseException) -> str:
     return text if len(text) <= 500 else text[:497] + "..."
 
 
-def failed_attempt(attempt: Attempt, exc: BaseException, streamed_tokens: int = 0) -> FailedAttempt:
-    """The record of a failed attempt (retryable when the endpoint was unavailable)."""
+def failed_attempt(pair: Pair, exc: BaseException, streamed_tokens: int = 0) -> FailedAttempt:
+    """The record of a failed try of ``pair`` (retryable when the endpoint was unavailable)."""
+    text = str(exc) or type(exc).__name__
     return FailedAttempt(
-        model=attempt.pair[0],
-        strategy=attempt.pair[1],
+        model=pair[0],
+        strategy=pair[1],
         error_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
-        error=_describe(exc),
+        error=text if len(text) <= 500 else text[:497] + "...",
         retryable=is_endpoint_failure(exc),
         streamed_tokens=streamed_tokens,
     )
+
+
+class Fallback:
+    """The fallback rule, in one place: which pair may be tried next, and after what.
+
+    An endpoint failure allows the next pair, except pairs on a model that already failed
+    that way, up to ``max_attempts`` tries; any other failure ends the call.
+    """
+
+    def __init__(self, max_attempts: int) -> None:
+        self.max_attempts = max_attempts
+        self.failures: list[FailedAttempt] = []
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether no further try is allowed."""
+        return len(self.failures) >= self.max_attempts
+
+    def allows(self, pair: Pair) -> bool:
+        """Whether ``pair`` may be tried now."""
+        down = {f.model for f in self.failures if f.retryable}
+        return not self.exhausted and pair[0] not in down
+
+    def failed(self, pair: Pair, exc: BaseException, streamed_tokens: int = 0) -> FailedAttempt:
+        """Record a failed try; its ``retryable`` says whether the call may go on."""
+        record = failed_attempt(pair, exc, streamed_tokens)
+        self.failures.append(record)
+        return record
 
 
 class CallRun:
@@ -116,7 +145,8 @@ class CallRun:
         self.req = req
         self.decision = decision
         self.started = time.perf_counter()
-        self.failures: list[FailedAttempt] = []
+        self.fallback = Fallback(engine.max_attempts)
+        self.failures: list[FailedAttempt] = self.fallback.failures
         self.streamed: Streamed = []
         self._plan = iter(engine.plan(req, decision))
         self.last: Attempt | None = None
@@ -124,7 +154,7 @@ class CallRun:
 
     def next_attempt(self) -> Attempt | None:
         """The next pair to try: from the plan until text is out, then a continuation."""
-        if len(self.failures) >= self.engine.max_attempts:
+        if self.fallback.exhausted:
             return None
         attempt = None
         if self.streamed:
@@ -132,9 +162,8 @@ class CallRun:
                 self.req, self.decision, self.failures, self.streamed
             )
         else:
-            failed_models = {f.model for f in self.failures if f.retryable}
             for pair in self._plan:
-                if pair[0] not in failed_models:
+                if self.fallback.allows(pair):
                     attempt = self.engine.attempt(self.req, pair, len(self.failures))
                     break
         if attempt is not None:
@@ -146,8 +175,7 @@ class CallRun:
     ) -> bool:
         """Record a failure; whether the call goes on to another attempt."""
         self.last_exc = exc
-        record = failed_attempt(attempt, exc, count_tokens(chunks))
-        self.failures.append(record)
+        record = self.fallback.failed(attempt.pair, exc, count_tokens(chunks))
         if record.streamed_tokens:
             self.streamed.append((attempt, list(chunks)))
         return record.retryable

@@ -200,3 +200,27 @@ def test_rtr_tool_with_state_schema() -> None:
     agent = create_agent(driver, tools=[create_rtr_tool(rtr)], state_schema=RTRAgentState)
     out = agent.invoke({"messages": [HumanMessage("go")]})
     assert [m.content for m in out["messages"] if isinstance(m, ToolMessage)] == ["7"]
+
+
+def test_middleware_ends_an_exhausted_agent_with_jump_to_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    models = agent_models()
+    rtr, _ = make_rtr(models=models)  # type: ignore[arg-type]
+    middleware = RTRMiddleware(rtr, budget=Budget(tokens=5), on_exhausted="skip")
+
+    def no_model_call(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the run must end before the model call")
+
+    monkeypatch.setattr(RTRMiddleware, "wrap_model_call", no_model_call)
+    ended = middleware.before_model({"messages": [HumanMessage("hi?")]}, None)  # type: ignore[arg-type]
+    assert ended is not None and ended["jump_to"] == "end"
+    assert "budget" in ended["messages"][0].text
+    (record,) = ended["rtr_results"].values()
+    assert record["status"] == "skipped"
+    agent = create_agent(models["big"], middleware=[middleware])
+    out = agent.invoke({"messages": [HumanMessage("hi?")]})
+    assert "budget" in out["messages"][-1].text and calls_of(models) == []
+    assert [r["status"] for r in out["rtr_results"].values()] == ["skipped"]
+    # an unbounded budget never plans twice: nothing to end
+    assert RTRMiddleware(rtr).before_model({"messages": [HumanMessage("hi?")]}, None) is None  # type: ignore[arg-type]
