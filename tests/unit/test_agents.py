@@ -17,11 +17,7 @@ from pydantic import Field, PrivateAttr
 
 from langchain_rtr.agents import RTRAgentState, RTRMiddleware, RTRToolMiddleware, budget_left
 from langchain_rtr.graph import Budget, BudgetExhaustedError
-
-try:
-    from test_graph_fakes import make_rtr
-except ImportError:  # tests/unit imported as a package
-    from tests.unit.test_graph_fakes import make_rtr  # type: ignore[no-redef]
+from tests.unit.test_graph_fakes import make_rtr
 
 
 class AgentChat(BaseChatModel):

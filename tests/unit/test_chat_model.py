@@ -11,16 +11,12 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_rtr.chat_model import RTRChatModel
 from langchain_rtr.errors import ConfigError, KnobTypeError, RTRError
 from langchain_rtr.runnable import AllPairsFailedError, RTRRunnable
-
-try:
-    from test_runnable_fakes import FakeRouter, connection_error, make_models, make_strategies
-except ImportError:  # tests/unit imported as a package
-    from tests.unit.test_runnable_fakes import (  # type: ignore[no-redef]
-        FakeRouter,
-        connection_error,
-        make_models,
-        make_strategies,
-    )
+from tests.unit.test_runnable_fakes import (
+    FakeRouter,
+    connection_error,
+    make_models,
+    make_strategies,
+)
 
 
 def build(**fail: Any) -> tuple[RTRChatModel, FakeRouter, dict[str, Any]]:

@@ -19,25 +19,14 @@ from langchain_rtr.runnable import (
     RTRRunnable,
     is_endpoint_failure,
 )
-
-try:
-    from test_runnable_fakes import (
-        FakeChat,
-        FakeRouter,
-        connection_error,
-        make_models,
-        make_strategies,
-        status_error,
-    )
-except ImportError:  # tests/unit imported as a package
-    from tests.unit.test_runnable_fakes import (  # type: ignore[no-redef]
-        FakeChat,
-        FakeRouter,
-        connection_error,
-        make_models,
-        make_strategies,
-        status_error,
-    )
+from tests.unit.test_runnable_fakes import (
+    FakeChat,
+    FakeRouter,
+    connection_error,
+    make_models,
+    make_strategies,
+    status_error,
+)
 
 
 def build(router: FakeRouter | None = None, models: dict[str, Any] | None = None, **kw: Any):

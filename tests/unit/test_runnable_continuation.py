@@ -10,16 +10,12 @@ from langchain_openai import ChatOpenAI
 
 from langchain_rtr.errors import ConfigError
 from langchain_rtr.runnable import CONTINUE_BODY, AllPairsFailedError, RTRResult, RTRRunnable
-
-try:
-    from test_runnable_fakes import FakeChat, FakeRouter, make_strategies, status_error
-except ImportError:  # tests/unit imported as a package
-    from tests.unit.test_runnable_fakes import (  # type: ignore[no-redef]
-        FakeChat,
-        FakeRouter,
-        make_strategies,
-        status_error,
-    )
+from tests.unit.test_runnable_fakes import (
+    FakeChat,
+    FakeRouter,
+    make_strategies,
+    status_error,
+)
 
 REPLY = "Two plus two: add the units, carry nothing, so the answer is \\boxed{4}."
 N_WORDS = len(REPLY.split())

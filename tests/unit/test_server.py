@@ -17,20 +17,15 @@ from langchain_rtr.routing import AccuracyFloor, TokenBudget, Tradeoff
 from langchain_rtr.runnable import RTRRunnable
 from langchain_rtr.server import ServerSettings, create_app, parse_rtr_model
 from langchain_rtr.specs import ModelSpec
-
-try:
-    from test_runnable_fakes import FakeChat, FakeRouter, connection_error, make_strategies
-    from test_runnable_fakes import status_error as backend_status_error
-except ImportError:  # tests/unit imported as a package
-    from tests.unit.test_runnable_fakes import (  # type: ignore[no-redef]
-        FakeChat,
-        FakeRouter,
-        connection_error,
-        make_strategies,
-    )
-    from tests.unit.test_runnable_fakes import (  # type: ignore[no-redef]
-        status_error as backend_status_error,
-    )
+from tests.unit.test_runnable_fakes import (
+    FakeChat,
+    FakeRouter,
+    connection_error,
+    make_strategies,
+)
+from tests.unit.test_runnable_fakes import (
+    status_error as backend_status_error,
+)
 
 BASE = "http://rtr.test"
 BACKEND_URL = "http://backend.test/v1"
