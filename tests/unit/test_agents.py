@@ -220,3 +220,24 @@ def test_middleware_ends_an_exhausted_agent_with_jump_to_end(
     assert [r["status"] for r in out["rtr_results"].values()] == ["skipped"]
     # an unbounded budget never plans twice: nothing to end
     assert RTRMiddleware(rtr).before_model({"messages": [HumanMessage("hi?")]}, None) is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("max_attempts", "expected_calls"), [(3, 2), (1, 1)])
+def test_middleware_falls_back_by_the_engines_rule(
+    max_attempts: int, expected_calls: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import openai
+    from httpx import Request
+
+    def down(self: Any, messages: list[BaseMessage], kwargs: dict[str, Any]) -> AIMessage:
+        self.calls.append({"messages": messages, "max_tokens": kwargs.get("max_tokens")})
+        raise openai.APIConnectionError(request=Request("POST", "http://127.0.0.1:9/v1"))
+
+    models = agent_models()
+    monkeypatch.setattr(type(models["big"]), "_reply", down)
+    rtr, _ = make_rtr(models=models, max_attempts=max_attempts)  # type: ignore[arg-type]
+    agent = create_agent(models["big"], middleware=[RTRMiddleware(rtr)])
+    with pytest.raises(openai.APIConnectionError):
+        agent.invoke({"messages": [HumanMessage("hi?")]})
+    # each model is tried once (its other strategy is skipped), and never past max_attempts
+    assert len(calls_of(models)) == expected_calls
