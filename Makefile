@@ -36,6 +36,7 @@ lint: setup
 	$(BIN)/ruff check langchain_rtr tests benchmarks examples scripts
 	$(BIN)/ruff format --check langchain_rtr tests benchmarks examples scripts
 	$(BIN)/mypy langchain_rtr
+	$(BIN)/lint-imports
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/run_all.py

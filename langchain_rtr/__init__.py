@@ -20,6 +20,7 @@ _EXPORTS: dict[str, str] = {
     "RTRError": "langchain_rtr.errors",
     "ConfigError": "langchain_rtr.errors",
     "UnknownPairError": "langchain_rtr.errors",
+    "KnobTypeError": "langchain_rtr.errors",
     # data files and sets
     "read_records": "langchain_rtr.data.io",
     "write_records": "langchain_rtr.data.io",
@@ -100,6 +101,11 @@ _EXPORTS: dict[str, str] = {
     "FailedAttempt": "langchain_rtr.runnable",
     "AllPairsFailedError": "langchain_rtr.runnable",
     "RTRChatModel": "langchain_rtr.chat_model",
+    "DispatchEngine": "langchain_rtr.dispatch",
+    "CallRequest": "langchain_rtr.dispatch",
+    "Attempt": "langchain_rtr.dispatch",
+    "Knobs": "langchain_rtr.knobs",
+    "parse_knobs": "langchain_rtr.knobs",
     # LangGraph and agents
     "Budget": "langchain_rtr.graph",
     "BudgetExhaustedError": "langchain_rtr.graph",
@@ -178,7 +184,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         read_routerarena,
     )
     from langchain_rtr.data.records import RecordError, RoutingRecord
-    from langchain_rtr.errors import ConfigError, RTRError, UnknownPairError
+    from langchain_rtr.dispatch import Attempt, CallRequest, DispatchEngine
+    from langchain_rtr.errors import ConfigError, KnobTypeError, RTRError, UnknownPairError
     from langchain_rtr.evaluation import EvaluationReport, evaluate_router, evaluate_routing
     from langchain_rtr.graph import (
         Budget,
@@ -189,6 +196,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         SubtaskResult,
         create_rtr_node,
     )
+    from langchain_rtr.knobs import Knobs, parse_knobs
     from langchain_rtr.models import ModelRegistry, chat_model_for
     from langchain_rtr.predictor import (
         CachedEncoder,

@@ -26,8 +26,13 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Annotated, Any, NotRequired, cast
 
-from langchain.agents.middleware import AgentMiddleware, AgentState, ModelRequest, ModelResponse
-from langchain.agents.middleware.types import ExtendedModelResponse
+from langchain.agents.middleware import (
+    AgentMiddleware,
+    AgentState,
+    ModelRequest,
+    ModelResponse,
+)
+from langchain.agents.middleware.types import ExtendedModelResponse, hook_config
 from langchain.tools import ToolRuntime
 from langchain_core.messages import (
     AIMessage,
@@ -42,6 +47,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 
+from langchain_rtr.dispatch import Fallback, merge_system
 from langchain_rtr.errors import ConfigError
 from langchain_rtr.graph.budget import (
     Allotment,
@@ -51,16 +57,15 @@ from langchain_rtr.graph.budget import (
     input_token_bound,
     split,
 )
-from langchain_rtr.graph.node import (
+from langchain_rtr.graph.node import RTRNode, merge_results
+from langchain_rtr.graph.planner import (
+    CallTask,
     OnExhausted,
-    RTRNode,
+    SubtaskItem,
     SubtaskResult,
-    _CallTask,
-    _Item,
-    _result,
-    merge_results,
+    plan_call,
+    subtask_result,
 )
-from langchain_rtr.runnable import is_endpoint_failure
 
 __all__ = [
     "RTRAgentState",
@@ -113,13 +118,6 @@ def _latest_human(messages: Sequence[BaseMessage]) -> int:
     raise ValueError(msg)
 
 
-def _merge_system(base: SystemMessage | None, extra: Sequence[BaseMessage]) -> SystemMessage | None:
-    parts = [m.text for m in ([base] if base is not None else []) + list(extra) if m.text]
-    if not parts:
-        return base
-    return SystemMessage(content="\n\n".join(parts))
-
-
 class _Planner:
     """Shared by the tool and the middleware: an `RTRNode` used one call at a time."""
 
@@ -158,7 +156,7 @@ class _Planner:
         *,
         share_of: tuple[int, int] = (0, 1),
         bounds: Mapping[str, int] | None = None,
-    ) -> _CallTask:
+    ) -> CallTask:
         """Route one call within its share of what is left (`share_of`: (index, siblings))."""
         records = _records(state)
         budget = _state_budget(state, self.budget)
@@ -166,8 +164,10 @@ class _Planner:
         index, siblings = share_of
         share = split(left, [1.0] * siblings, siblings)[index]
         tables = self.node.router.tables([question])
-        item = _Item(call_id, len(records), question, None)
-        return self.node._plan(item, share, tables, 0, left, bounds)
+        item = SubtaskItem(call_id, len(records), question, None)
+        if bounds is None:
+            bounds = self.node.prompt_bounds(question)
+        return plan_call(self.node.settings, item, share, tables, 0, left, bounds)
 
 
 # --------------------------------------------------------------------------- the tool
@@ -241,14 +241,14 @@ def create_rtr_tool(
         cid = call_id(runtime)
         task = planner.plan(runtime.state or {}, question, cid, share_of=share_of(runtime))
         if task["status"] == "skipped":
-            return finish(runtime, {"results": {cid: _result(task, "skipped")}})
+            return finish(runtime, {"results": {cid: subtask_result(task, "skipped")}})
         return finish(runtime, planner.node.call(task, runtime.config))
 
     async def aask(question: str, runtime: ToolRuntime) -> Command[Any]:
         cid = call_id(runtime)
         task = planner.plan(runtime.state or {}, question, cid, share_of=share_of(runtime))
         if task["status"] == "skipped":
-            return finish(runtime, {"results": {cid: _result(task, "skipped")}})
+            return finish(runtime, {"results": {cid: subtask_result(task, "skipped")}})
         return finish(runtime, await planner.node.acall(task, runtime.config))
 
     return StructuredTool.from_function(
@@ -292,6 +292,20 @@ class RTRToolMiddleware(AgentMiddleware[RTRAgentState, Any, Any]):
         if state.get("rtr_budget") is None and not self.budget.total.unbounded:
             return {"rtr_budget": self.budget.to_spec()}
         return None
+
+
+def _exhausted_message() -> AIMessage:
+    return AIMessage(
+        content="Stopped: the reasoning budget for this run is exhausted.",
+        response_metadata={"rtr": {"status": "skipped"}},
+    )
+
+
+def _described(fallback: Fallback) -> list[str]:
+    return [
+        f"{f.model}/{f.strategy}: {f.error_type.rpartition('.')[2]}: {f.error}"
+        for f in fallback.failures
+    ]
 
 
 # --------------------------------------------------------------------------- middleware
@@ -354,6 +368,38 @@ class RTRMiddleware(AgentMiddleware[RTRAgentState, Any, Any]):
         """Async `before_agent`."""
         return self.before_agent(state, runtime)
 
+    # ----------------------------------------------------------------- ending
+    @hook_config(can_jump_to=["end"])
+    def before_model(self, state: RTRAgentState, runtime: Runtime[Any]) -> dict[str, Any] | None:
+        """End the agent when what is left of the budget pays for no call.
+
+        The way langchain's own `ModelCallLimitMiddleware` ends a run: ``jump_to: "end"``
+        with an `AIMessage` saying why, and the skipped call booked in `rtr_results`. The
+        prompt bound here is the question's alone (the call's real prompt is longer), so a
+        call that passes may still be refused by `wrap_model_call` once tools are counted.
+        """
+        left = _state_budget(state, self.budget).left(r["spend"] for r in _records(state).values())
+        if left.unbounded:
+            return None
+        messages = state.get("messages") or []
+        try:
+            question = messages[_latest_human(messages)].text
+        except ValueError:
+            return None  # wrap_model_call says what is wrong
+        cid = f"model:{uuid.uuid4().hex}"
+        task = self.planner.plan(state, question, cid)
+        if task["status"] != "skipped" and task["allowed"]:
+            return None
+        record = subtask_result(task, "skipped", error="budget exhausted")
+        return {"jump_to": "end", "messages": [_exhausted_message()], "rtr_results": {cid: record}}
+
+    @hook_config(can_jump_to=["end"])
+    async def abefore_model(
+        self, state: RTRAgentState, runtime: Runtime[Any]
+    ) -> dict[str, Any] | None:
+        """Async `before_model`."""
+        return self.before_model(state, runtime)
+
     # ----------------------------------------------------------------- planning
     def _apply(self, request: ModelRequest[Any], strategy_name: str) -> ModelRequest[Any]:
         """The request with the strategy applied to the latest human message."""
@@ -364,7 +410,9 @@ class RTRMiddleware(AgentMiddleware[RTRAgentState, Any, Any]):
         rest = cast(list[AnyMessage], [m for m in rendered if not isinstance(m, SystemMessage)])
         return request.override(
             messages=messages[:i] + rest + messages[i + 1 :],
-            system_message=_merge_system(request.system_message, system),
+            system_message=merge_system(
+                [request.system_message, *system] if request.system_message is not None else system
+            ),
         )
 
     def _bounds(self, request: ModelRequest[Any]) -> dict[str, int]:
@@ -383,19 +431,19 @@ class RTRMiddleware(AgentMiddleware[RTRAgentState, Any, Any]):
                 out[s] = input_token_bound(msgs, tools=tools)
         return out
 
-    def _plan(self, request: ModelRequest[Any]) -> tuple[str, _CallTask]:
+    def _plan(self, request: ModelRequest[Any]) -> tuple[str, CallTask]:
         messages = request.messages
         question = messages[_latest_human(messages)].text
         cid = f"model:{uuid.uuid4().hex}"
         task = self.planner.plan(request.state, question, cid, bounds=self._bounds(request))
         return cid, task
 
-    def _requests(self, request: ModelRequest[Any], task: _CallTask) -> list[Any]:
+    def _requests(self, request: ModelRequest[Any], task: CallTask) -> list[Any]:
         out = []
         for model, strategy in task["allowed"]:
             settings = {**request.model_settings}
             settings.update(self.rtr.strategies[strategy].model_kwargs() or {})
-            spec = self.planner.node._spec(model)
+            spec = self.planner.node.settings.spec(model)
             caps = [c for c in (task["max_tokens"], spec.max_tokens) if c is not None]
             if caps:
                 settings["max_tokens"] = min(caps)
@@ -405,12 +453,9 @@ class RTRMiddleware(AgentMiddleware[RTRAgentState, Any, Any]):
             out.append(((model, strategy), applied, settings.get("max_tokens")))
         return out
 
-    def _skipped(self, cid: str, task: _CallTask) -> ExtendedModelResponse[Any]:
-        record = _result(task, "skipped", error="budget exhausted")
-        message = AIMessage(
-            content="Stopped: the reasoning budget for this run is exhausted.",
-            response_metadata={"rtr": {"status": "skipped"}},
-        )
+    def _skipped(self, cid: str, task: CallTask) -> ExtendedModelResponse[Any]:
+        record = subtask_result(task, "skipped", error="budget exhausted")
+        message = _exhausted_message()
         return ExtendedModelResponse(
             model_response=ModelResponse(result=[message]),
             command=Command(update={"rtr_results": {cid: record}}),
@@ -419,7 +464,7 @@ class RTRMiddleware(AgentMiddleware[RTRAgentState, Any, Any]):
     def _booked(
         self,
         cid: str,
-        task: _CallTask,
+        task: CallTask,
         pair: tuple[str, str],
         max_tokens: int | None,
         response: ModelResponse[Any],
@@ -429,13 +474,13 @@ class RTRMiddleware(AgentMiddleware[RTRAgentState, Any, Any]):
         k = next((i for i, m in enumerate(result) if isinstance(m, AIMessage)), None)
         usage = cast(AIMessage, result[k]).usage_metadata if k is not None else None
         spend = book(
-            self.planner.node._spec(pair[0]),
+            self.planner.node.settings.spec(pair[0]),
             None if usage is None else usage.get("input_tokens"),
             None if usage is None else usage.get("output_tokens"),
             input_bound=task["input_bounds"].get(f"{pair[0]}/{pair[1]}", 0),
             max_tokens=max_tokens,
         )
-        record = _result(
+        record = subtask_result(
             task,
             task["status"],
             spend=spend,
@@ -474,18 +519,20 @@ class RTRMiddleware(AgentMiddleware[RTRAgentState, Any, Any]):
         cid, task = self._plan(request)
         if task["status"] == "skipped" or not task["allowed"]:
             return self._skipped(cid, task)
-        failures: list[str] = []
-        attempts = self._requests(request, task)
-        for n, (pair, routed, max_tokens) in enumerate(attempts):
+        last: Exception | None = None
+        fallback = Fallback(self.rtr.engine.max_attempts)
+        for pair, routed, max_tokens in self._requests(request, task):
+            if not fallback.allows(pair):
+                continue
             try:
                 response = handler(routed)
             except Exception as exc:
-                if not is_endpoint_failure(exc) or n == len(attempts) - 1:
-                    raise
-                failures.append(f"{pair[0]}/{pair[1]}: {type(exc).__name__}: {exc}")
-                continue
-            return self._booked(cid, task, pair, max_tokens, response, failures)
-        raise AssertionError("unreachable")  # pragma: no cover
+                if fallback.failed(pair, exc).retryable:
+                    last = exc
+                    continue
+                raise
+            return self._booked(cid, task, pair, max_tokens, response, _described(fallback))
+        raise cast(Exception, last)  # the plan is never empty: some pair was tried
 
     async def awrap_model_call(
         self,
@@ -496,15 +543,17 @@ class RTRMiddleware(AgentMiddleware[RTRAgentState, Any, Any]):
         cid, task = self._plan(request)
         if task["status"] == "skipped" or not task["allowed"]:
             return self._skipped(cid, task)
-        failures: list[str] = []
-        attempts = self._requests(request, task)
-        for n, (pair, routed, max_tokens) in enumerate(attempts):
+        last: Exception | None = None
+        fallback = Fallback(self.rtr.engine.max_attempts)
+        for pair, routed, max_tokens in self._requests(request, task):
+            if not fallback.allows(pair):
+                continue
             try:
                 response = await handler(routed)
             except Exception as exc:
-                if not is_endpoint_failure(exc) or n == len(attempts) - 1:
-                    raise
-                failures.append(f"{pair[0]}/{pair[1]}: {type(exc).__name__}: {exc}")
-                continue
-            return self._booked(cid, task, pair, max_tokens, response, failures)
-        raise AssertionError("unreachable")  # pragma: no cover
+                if fallback.failed(pair, exc).retryable:
+                    last = exc
+                    continue
+                raise
+            return self._booked(cid, task, pair, max_tokens, response, _described(fallback))
+        raise cast(Exception, last)  # the plan is never empty: some pair was tried

@@ -13,9 +13,11 @@ count every answer twice. The cost: the inner model's own callbacks, cache and r
 not used; set them on the `RTRChatModel`.
 
 Routing knobs per call: the `RTRRunnable` keys (`rtr_lambda`, `rtr_max_tokens`,
-`rtr_allowed_pairs`, `rtr_policy`) from `config["configurable"]`, or as keyword arguments
-(`chat.invoke(msgs, rtr_lambda=0.5)`, `chat.bind(rtr_max_tokens=256)`). Other keyword arguments
-(`temperature`, `max_tokens`, `stop`) go to the chosen model; `max_tokens` is still capped.
+`rtr_confidence`, `rtr_floor`, `rtr_allowed_pairs`, `rtr_policy`) from `config["configurable"]`,
+or as keyword arguments (`chat.invoke(msgs, rtr_lambda=0.5)`, `chat.bind(rtr_max_tokens=256)`),
+parsed by the one knob parser (`langchain_rtr.knobs`). Other keyword arguments (`temperature`,
+`max_tokens`, `stop`) go to the chosen model; `max_tokens` must be a positive int and is still
+capped.
 
 Capabilities: text in, text out, streaming. No tool calling or structured output: the
 candidates are reasoning setups (CoT, PAL, ...) whose prompts and answer parsing assume a
@@ -40,16 +42,8 @@ from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import ensure_config
 from pydantic import ConfigDict
 
-from langchain_rtr.runnable import (
-    CONFIG_KEYS,
-    DECISION_EVENT,
-    AllPairsFailedError,
-    RTRResult,
-    RTRRunnable,
-    _Attempt,
-    _Request,
-    routing_row,
-)
+from langchain_rtr.dispatch import AllPairsFailedError, Attempt, CallRequest, RTRResult, routing_row
+from langchain_rtr.runnable import CONFIG_KEYS, DECISION_EVENT, RTRRunnable
 
 __all__ = ["RTRChatModel"]
 
@@ -125,17 +119,17 @@ def _split_stop(kwargs: dict[str, Any]) -> tuple[list[str] | None, dict[str, Any
     return rest.pop("stop", None), rest
 
 
-def _call(attempt: _Attempt) -> AIMessage:
+def _call(attempt: Attempt) -> AIMessage:
     stop, kwargs = _split_stop(attempt.kwargs)
     return _merged_message(attempt.model._generate(attempt.messages, stop=stop, **kwargs))
 
 
-async def _acall(attempt: _Attempt) -> AIMessage:
+async def _acall(attempt: Attempt) -> AIMessage:
     stop, kwargs = _split_stop(attempt.kwargs)
     return _merged_message(await attempt.model._agenerate(attempt.messages, stop=stop, **kwargs))
 
 
-def _stream_call(attempt: _Attempt) -> Iterator[AIMessageChunk]:
+def _stream_call(attempt: Attempt) -> Iterator[AIMessageChunk]:
     if not _has_stream(attempt.model):
         yield _as_chunk(_call(attempt))
         return
@@ -144,7 +138,7 @@ def _stream_call(attempt: _Attempt) -> Iterator[AIMessageChunk]:
         yield _chunk_message(chunk)
 
 
-async def _astream_call(attempt: _Attempt) -> AsyncIterator[AIMessageChunk]:
+async def _astream_call(attempt: Attempt) -> AsyncIterator[AIMessageChunk]:
     if not _has_astream(attempt.model):
         yield _as_chunk(await _acall(attempt))
         return
@@ -246,7 +240,7 @@ class RTRChatModel(BaseChatModel):
     # -- the routing -------------------------------------------------------------------------
     def _request(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: Mapping[str, Any]
-    ) -> _Request:
+    ) -> CallRequest:
         # Knobs set on an enclosing chain reach us through the config context.
         ambient = ensure_config().get("configurable") or {}
         knobs = {k: ambient[k] for k in CONFIG_KEYS if k in ambient}
@@ -258,9 +252,7 @@ class RTRChatModel(BaseChatModel):
                 call_kwargs[key] = value
         if stop:
             call_kwargs["stop"] = stop
-        req = self.runnable._prepare(messages, knobs)
-        req.call_kwargs = call_kwargs
-        return req
+        return self.runnable.request(messages, knobs, call_kwargs)
 
     def _message(self, result: RTRResult) -> AIMessage:
         if result.message is None:
@@ -290,9 +282,9 @@ class RTRChatModel(BaseChatModel):
     ) -> ChatResult:
         rtr = self.runnable
         req = self._request(messages, stop, kwargs)
-        decision = rtr._route(req)
+        decision = rtr.engine.route(req)
         _emit(run_manager, decision)
-        result = rtr._execute(req, decision, _call)
+        result = rtr.engine.execute(req, decision, _call)
         return ChatResult(generations=[ChatGeneration(message=self._message(result))])
 
     async def _agenerate(
@@ -304,9 +296,9 @@ class RTRChatModel(BaseChatModel):
     ) -> ChatResult:
         rtr = self.runnable
         req = self._request(messages, stop, kwargs)
-        decision = await rtr._aroute(req, ensure_config())
+        decision = await rtr.aroute(req, ensure_config())
         await _aemit(run_manager, decision)
-        result = await rtr._aexecute(req, decision, _acall)
+        result = await rtr.engine.aexecute(req, decision, _acall)
         return ChatResult(generations=[ChatGeneration(message=self._message(result))])
 
     def _final_chunk(self, result: RTRResult) -> ChatGenerationChunk:
@@ -331,9 +323,9 @@ class RTRChatModel(BaseChatModel):
             return
         rtr = self.runnable
         req = self._request(messages, stop, kwargs)
-        decision = rtr._route(req)
+        decision = rtr.engine.route(req)
         _emit(run_manager, decision)
-        for item in rtr._execute_stream(req, decision, _stream_call):
+        for item in rtr.engine.execute_stream(req, decision, _stream_call):
             if isinstance(item, RTRResult):
                 yield self._final_chunk(item)
             else:  # BaseChatModel.stream reports the token to the callbacks
@@ -354,9 +346,9 @@ class RTRChatModel(BaseChatModel):
             return
         rtr = self.runnable
         req = self._request(messages, stop, kwargs)
-        decision = await rtr._aroute(req, ensure_config())
+        decision = await rtr.aroute(req, ensure_config())
         await _aemit(run_manager, decision)
-        async for item in rtr._aexecute_stream(req, decision, _astream_call):
+        async for item in rtr.engine.aexecute_stream(req, decision, _astream_call):
             if isinstance(item, RTRResult):
                 yield self._final_chunk(item)
             else:

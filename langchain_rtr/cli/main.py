@@ -187,36 +187,43 @@ def _print_report(report: Any, plot: Path | None, json_out: Path | None) -> None
         console.print(f"report: {json_out}")
 
 
-def _policy(lam: float | None, max_tokens: int | None, floor: float | None) -> Policy | None:
-    from langchain_rtr.routing import AccuracyFloor, TokenBudget, Tradeoff
+def _policy(
+    lam: float | None,
+    max_tokens: int | None,
+    floor: float | None,
+    confidence: float | None = None,
+) -> Policy | None:
+    """The flags' policy, by the one knob parser every front end uses."""
+    from langchain_rtr.errors import RTRError
+    from langchain_rtr.knobs import parse_knobs
 
-    chosen = [x is not None for x in (lam, max_tokens, floor)]
-    if sum(chosen) > 1:
-        raise typer.BadParameter("give at most one of --lambda, --max-tokens and --floor")
-    if lam is not None:
-        return Tradeoff(lam)
-    if max_tokens is not None:
-        return TokenBudget(max_tokens)
-    if floor is not None:
-        return AccuracyFloor(floor)
-    return None
+    values = {"lambda": lam, "max_tokens": max_tokens, "floor": floor, "confidence": confidence}
+    try:
+        return parse_knobs(values, lambda k: "--" + k.replace("_", "-")).policy
+    except RTRError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def _parse_pairs(allow: list[str] | None) -> list[Any] | None:
+    """`--allow` values: ``model/strategy`` pairs (split at the last ``/``) or bare models."""
+    from langchain_rtr.errors import RTRError
+    from langchain_rtr.knobs import parse_pair
+
     if not allow:
         return None
-    out: list[Any] = []
-    for item in allow:
-        model, sep, strategy = item.partition("/")
-        out.append((model, strategy) if sep else model)
-    return out
+    try:
+        return [parse_pair(item, "--allow") if "/" in item else item for item in allow]
+    except RTRError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def _print_decision(router: Any, question: str, policy: Any, allowed: Any) -> None:
+    from langchain_rtr.cli.render import routing_table_view
+
     tables = router.tables([question])  # one prediction serves the table and the decision
     decision = router.decide(tables, policy, allowed)[0]
     console.print()
-    console.print(tables[0])
+    console.print(routing_table_view(tables[0]))
     if decision.model is None:
         console.print(f"decision: [red]no pair chosen[/red] ({decision.status})")
     else:
@@ -417,6 +424,10 @@ def route(
         int | None, typer.Option(help="Per-question budget in output tokens.")
     ] = None,
     floor: Annotated[float | None, typer.Option(help="Accuracy floor in [0, 1].")] = None,
+    confidence: Annotated[
+        float | None,
+        typer.Option(help="With --max-tokens: probability in (0, 1) the answer fits."),
+    ] = None,
     allow: Annotated[
         list[str] | None, typer.Option(help="Allowed model or model/strategy (repeatable).")
     ] = None,
@@ -425,8 +436,8 @@ def route(
     """Print a question's routing table and the chosen pair."""
     from langchain_rtr.routing import RTRRouter
 
+    policy = _policy(lam, max_tokens, floor, confidence)
     router = RTRRouter.load(router_dir)
-    policy = _policy(lam, max_tokens, floor)
     allowed = _parse_pairs(allow)
     if as_json:
         decision = router.route(question, policy=policy, allowed=allowed)

@@ -24,8 +24,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from langchain_rtr.errors import RTRError
 
-class CurveError(ValueError):
+
+class CurveError(RTRError, ValueError):
     """A curve cannot be summarised (no points, a zero-width range, ...)."""
 
 

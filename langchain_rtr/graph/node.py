@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal, TypedDict, cast
 
 import numpy as np
@@ -43,18 +42,26 @@ from langgraph.types import Send
 
 from langchain_rtr.errors import ConfigError
 from langchain_rtr.graph.budget import (
-    Allotment,
     Budget,
-    BudgetExhaustedError,
     BudgetSpec,
     Spend,
     book,
     input_token_bound,
-    no_spend,
-    pair_cap,
     split,
     total_spend,
-    worst_case,
+)
+from langchain_rtr.graph.planner import (
+    CallTask,
+    OnExhausted,
+    Pair,
+    PlanSettings,
+    SubtaskItem,
+    SubtaskResult,
+    SubtaskStatus,
+    finite_or_none,
+    pair_key,
+    plan_call,
+    subtask_result,
 )
 from langchain_rtr.specs import ModelSpec
 
@@ -69,13 +76,7 @@ __all__ = [
     "merge_results",
 ]
 
-Pair = tuple[str, str]
-OnExhausted = Literal["cheapest", "skip", "raise"]
 AllotmentMode = Literal["even", "weighted"]
-SubtaskStatus = Literal["ok", "cheapest", "skipped", "error"]
-"""``ok``: answered by the routed pair; ``cheapest``: the budget was short, answered by the
-cheapest pair that fits; ``skipped``: no call was affordable (``on_exhausted="skip"`` or nothing
-fits at all); ``error``: the call failed (every pair tried, or a bad input)."""
 
 
 class SubtaskInput(TypedDict, total=False):
@@ -92,25 +93,6 @@ class SubtaskInput(TypedDict, total=False):
     question: str
     id: str
     weight: float
-
-
-class SubtaskResult(TypedDict):
-    """What happened to one subtask (JSON-ready, checkpointed in `RTRState.results`)."""
-
-    id: str
-    index: int
-    question: str
-    status: SubtaskStatus
-    answer: str | None
-    model: str | None
-    strategy: str | None
-    predicted_tokens: float | None
-    predicted_correctness: float | None
-    allotted: BudgetSpec
-    max_tokens: int | None
-    spend: Spend
-    fallbacks: list[str]
-    error: str | None
 
 
 def merge_results(
@@ -166,34 +148,9 @@ class _Output(TypedDict, total=False):
     budget_left: BudgetSpec
 
 
-class _CallTask(TypedDict):
-    """What `dispatch` sends to `call` for one subtask (the Send payload)."""
-
-    id: str
-    index: int
-    question: str
-    status: SubtaskStatus
-    allotted: BudgetSpec
-    share_tokens: int | None
-    share_pico: int | None
-    max_tokens: int | None
-    allowed: list[list[str]]
-    input_bounds: dict[str, int]
-    predicted_tokens: float | None
-    predicted_correctness: float | None
-
-
 class _NodeState(RTRState, total=False):
-    rtr_wave: list[_CallTask]
+    rtr_wave: list[CallTask]
     rtr_more: bool
-
-
-@dataclass(frozen=True)
-class _Item:
-    id: str
-    index: int
-    question: str
-    weight: float | None
 
 
 def _default_id(index: int, question: str) -> str:
@@ -201,14 +158,14 @@ def _default_id(index: int, question: str) -> str:
     return f"{index}:{digest}"
 
 
-def _items(state: Mapping[str, Any]) -> list[_Item]:
+def _items(state: Mapping[str, Any]) -> list[SubtaskItem]:
     raw = state.get("subtasks") or []
     if not raw and state.get("question"):
         raw = [state["question"]]
     if isinstance(raw, str) or not isinstance(raw, Sequence):
         msg = f"state['subtasks']: expected a list of questions, got {type(raw).__name__}"
         raise ConfigError(msg)
-    items: list[_Item] = []
+    items: list[SubtaskItem] = []
     seen: set[str] = set()
     for i, entry in enumerate(raw):
         weight: float | None = None
@@ -233,69 +190,8 @@ def _items(state: Mapping[str, Any]) -> list[_Item]:
         if sid in seen:
             raise ConfigError(f"state['subtasks'][{i}]: duplicate subtask id {sid!r}")
         seen.add(sid)
-        items.append(_Item(sid, i, question, None if weight is None else float(weight)))
+        items.append(SubtaskItem(sid, i, question, None if weight is None else float(weight)))
     return items
-
-
-def _pair_key(pair: Pair) -> str:
-    return f"{pair[0]}/{pair[1]}"
-
-
-def _fits(share: Allotment, cost: Allotment) -> bool:
-    if share.tokens is not None and (cost.tokens is None or cost.tokens > share.tokens):
-        return False
-    return not (share.pico is not None and (cost.pico is None or cost.pico > share.pico))
-
-
-def _float(value: Any) -> float | None:
-    try:
-        out = None if value is None else float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if out is None or np.isfinite(out) else None
-
-
-def _one_row(tables: Any, row: int) -> Any:
-    """Row ``row`` of a `RoutingTables` as a one-question `RoutingTables`."""
-    tok = tables.output_tokens
-    return replace(
-        tables,
-        questions=[tables.questions[row]],
-        correctness=tables.correctness[row : row + 1],
-        output_tokens=None if tok is None else tok[row : row + 1],
-        usd=tables.usd[row : row + 1],
-        cost=tables.cost[row : row + 1],
-    )
-
-
-def _result(
-    task: _CallTask,
-    status: SubtaskStatus,
-    *,
-    spend: Spend | None = None,
-    answer: str | None = None,
-    model: str | None = None,
-    strategy: str | None = None,
-    max_tokens: int | None = None,
-    fallbacks: list[str] | None = None,
-    error: str | None = None,
-) -> SubtaskResult:
-    return SubtaskResult(
-        id=task["id"],
-        index=task["index"],
-        question=task["question"],
-        status=status,
-        answer=answer,
-        model=model,
-        strategy=strategy,
-        predicted_tokens=task["predicted_tokens"],
-        predicted_correctness=task["predicted_correctness"],
-        allotted=task["allotted"],
-        max_tokens=max_tokens,
-        spend=spend if spend is not None else no_spend(),
-        fallbacks=fallbacks or [],
-        error=error,
-    )
 
 
 class RTRNode:
@@ -367,6 +263,18 @@ class RTRNode:
             raise ConfigError("create_rtr_node: the runnable can serve none of the router's pairs")
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def settings(self) -> PlanSettings:
+        """What `plan_call` needs from this node."""
+        return PlanSettings(
+            router=self.router,
+            pairs=self.pairs,
+            usable=self.usable,
+            policy=self.policy,
+            min_call_tokens=self.min_call_tokens,
+            on_exhausted=self.on_exhausted,
+        )
+
     def _spec(self, model: str) -> ModelSpec:
         return cast(ModelSpec, self.router.models[model])
 
@@ -375,7 +283,7 @@ class RTRNode:
             return Budget.coerce(state["budget"], "state['budget']")
         return self.budget
 
-    def _bounds(self, question: str) -> dict[str, int]:
+    def prompt_bounds(self, question: str) -> dict[str, int]:
         """Prompt-token bound per strategy (it depends on the strategy's prompt only)."""
         out: dict[str, int] = {}
         for _, s in self.pairs:
@@ -414,12 +322,14 @@ class RTRNode:
         else:
             weights = [1.0] * len(pending)
         shares = split(left, weights, len(wave))
-        tasks: list[_CallTask] = []
+        tasks: list[CallTask] = []
         skipped: dict[str, SubtaskResult] = {}
         for k, (item, share) in enumerate(zip(wave, shares, strict=True)):
-            task = self._plan(item, share, tables, k, left)
+            task = plan_call(
+                self.settings, item, share, tables, k, left, self.prompt_bounds(item.question)
+            )
             if task["status"] == "skipped":
-                skipped[item.id] = _result(
+                skipped[item.id] = subtask_result(
                     task,
                     "skipped",
                     error="budget exhausted: no pair can be called within this subtask's share",
@@ -435,114 +345,17 @@ class RTRNode:
             update["results"] = skipped
         return update
 
-    def _weights(self, pending: list[_Item], tables: Any) -> list[float]:
+    def _weights(self, pending: list[SubtaskItem], tables: Any) -> list[float]:
         predicted: list[float | None] = [None] * len(pending)
         if tables is not None and tables.output_tokens is not None:
             mask = np.broadcast_to(self.usable, (len(pending), len(self.pairs)))
             for i, d in enumerate(self.router.decide(tables, self.policy, mask)):
-                predicted[i] = _float(d.output_tokens)
+                predicted[i] = finite_or_none(d.output_tokens)
         out: list[float] = []
         for item, pred in zip(pending, predicted, strict=True):
             w = item.weight if item.weight is not None else pred
             out.append(1.0 if w is None else max(float(w), 1.0))
         return out
-
-    def _plan(
-        self,
-        item: _Item,
-        share: Allotment,
-        tables: Any,
-        row: int,
-        left: Allotment,
-        bounds: Mapping[str, int] | None = None,
-    ) -> _CallTask:
-        """Route one subtask among the pairs its share can pay for (see the class doc).
-
-        ``bounds`` (prompt-token bound per strategy) defaults to the rendered question alone.
-        """
-        bounds = dict(bounds) if bounds is not None else self._bounds(item.question)
-        tok = None if tables.output_tokens is None else np.asarray(tables.output_tokens[row])
-        usd = np.asarray(tables.usd[row])
-        caps: list[int | None] = []
-        fits = np.zeros(len(self.pairs), dtype=bool)
-        callable_ = np.zeros(len(self.pairs), dtype=bool)
-        for j, (m, s) in enumerate(self.pairs):
-            cap = pair_cap(share, self._spec(m), bounds.get(s, 0)) if s in bounds else 0
-            caps.append(cap)
-            if not self.usable[j] or (cap is not None and cap < self.min_call_tokens):
-                continue
-            callable_[j] = True
-            pred = None if tok is None else _float(tok[j])
-            fits[j] = cap is None or pred is None or pred <= cap
-        base: dict[str, Any] = {
-            "id": item.id,
-            "index": item.index,
-            "question": item.question,
-            "allotted": share.to_spec(),
-            "share_tokens": share.tokens,
-            "share_pico": share.pico,
-            "predicted_tokens": None,
-            "predicted_correctness": None,
-            "input_bounds": {},
-            "allowed": [],
-            "max_tokens": None,
-        }
-        chosen: int | None = None
-        status: SubtaskStatus = "ok"
-        ranking: list[Pair] = []
-        if fits.any():
-            decision = self.router.decide(_one_row(tables, row), self.policy, fits[None, :])[0]
-            if decision.model is not None:
-                chosen = self.pairs.index((decision.model, decision.strategy))
-                ranking = [(str(p[0]), str(p[1])) for p in decision.ranking]
-        if chosen is None:
-            if self.on_exhausted == "raise":
-                msg = (
-                    f"budget exhausted at subtask {item.id!r} ({item.question[:60]!r}): its share "
-                    f"{share.to_spec()} of what is left {left.to_spec()} fits no pair "
-                    f"(min_call_tokens={self.min_call_tokens}); raise the budget or choose "
-                    "on_exhausted='cheapest' or 'skip'"
-                )
-                raise BudgetExhaustedError(msg, subtask=item.id, left=left.to_spec())
-            if self.on_exhausted == "skip" or not callable_.any():
-                return cast(_CallTask, {**base, "status": "skipped"})
-            idx = np.flatnonzero(callable_)
-            chosen = int(idx[np.lexsort((-np.array([caps[j] or 0 for j in idx]), usd[idx]))[0]])
-            status = "cheapest"
-        pair = self.pairs[chosen]
-        max_tokens = caps[chosen]
-        candidates = [pair] + [p for p in ranking if p != pair] if status == "ok" else [pair]
-        allowed: list[Pair] = []
-        input_bounds: dict[str, int] = {}
-        for p in candidates:
-            j = self.pairs.index(p)
-            if not (fits[j] if status == "ok" else callable_[j]):
-                continue
-            spec = self._spec(p[0])
-            effective = (
-                max_tokens
-                if spec.max_tokens is None
-                else (spec.max_tokens if max_tokens is None else min(spec.max_tokens, max_tokens))
-            )
-            bound = bounds[p[1]]
-            if effective is not None and effective < self.min_call_tokens:
-                continue
-            if not share.unbounded and not _fits(share, worst_case(spec, bound, effective)):
-                continue
-            allowed.append(p)
-            input_bounds[_pair_key(p)] = bound
-        return cast(
-            _CallTask,
-            {
-                **base,
-                "status": status,
-                "max_tokens": max_tokens,
-                "allowed": [list(p) for p in allowed],
-                "input_bounds": input_bounds,
-                "predicted_tokens": None if tok is None else _float(tok[chosen]),
-                "predicted_correctness": _float(tables.correctness[row][chosen]),
-            },
-        )
 
     @staticmethod
     def fan_out(state: Mapping[str, Any]) -> list[Send] | str:
@@ -553,13 +366,16 @@ class RTRNode:
         return "dispatch" if state.get("rtr_more") else END
 
     # ------------------------------------------------------------------ call
-    def _config(self, task: _CallTask, config: RunnableConfig | None) -> RunnableConfig:
+    def _config(self, task: CallTask, config: RunnableConfig | None) -> RunnableConfig:
         configurable = dict((config or {}).get("configurable") or {})
         configurable.update(
             {
                 "rtr_allowed_pairs": [tuple(p) for p in task["allowed"]],
                 "rtr_policy": self.policy,
+                # the node's own policy routes: no other policy knob may compete with it
                 "rtr_lambda": None,
+                "rtr_floor": None,
+                "rtr_confidence": None,
             }
         )
         if task["max_tokens"] is not None:
@@ -571,10 +387,10 @@ class RTRNode:
         out["metadata"] = metadata
         return out
 
-    def _finish(self, task: _CallTask, result: Any) -> dict[str, Any]:
+    def _finish(self, task: CallTask, result: Any) -> dict[str, Any]:
         fallbacks = [f"{f.model}/{f.strategy}: {f.error}" for f in (result.fallbacks or [])]
         if result.message is None:
-            out = _result(
+            out = subtask_result(
                 task, "error", max_tokens=result.max_tokens, fallbacks=fallbacks, error=result.error
             )
             return {"results": {task["id"]: out}}
@@ -584,10 +400,10 @@ class RTRNode:
             self._spec(pair[0]),
             None if usage is None else usage.input_tokens,
             None if usage is None else usage.output_tokens,
-            input_bound=task["input_bounds"].get(_pair_key(pair), 0),
+            input_bound=task["input_bounds"].get(pair_key(pair), 0),
             max_tokens=result.max_tokens,
         )
-        out = _result(
+        out = subtask_result(
             task,
             task["status"],
             spend=spend,
@@ -600,24 +416,24 @@ class RTRNode:
         )
         return {"results": {task["id"]: out}}
 
-    def _failed(self, task: _CallTask, exc: Exception) -> dict[str, Any]:
+    def _failed(self, task: CallTask, exc: Exception) -> dict[str, Any]:
         error = f"{type(exc).__name__}: {exc}"
-        return {"results": {task["id"]: _result(task, "error", error=error)}}
+        return {"results": {task["id"]: subtask_result(task, "error", error=error)}}
 
-    def call(self, task: _CallTask, config: RunnableConfig) -> dict[str, Any]:
+    def call(self, task: CallTask, config: RunnableConfig) -> dict[str, Any]:
         """Answer one subtask within its share (a failure is recorded, never raised)."""
         if not task["allowed"]:
-            return {"results": {task["id"]: _result(task, "skipped", error="no pair fits")}}
+            return {"results": {task["id"]: subtask_result(task, "skipped", error="no pair fits")}}
         try:
             result = self.rtr.invoke(task["question"], self._config(task, config))
         except Exception as exc:
             return self._failed(task, exc)
         return self._finish(task, result)
 
-    async def acall(self, task: _CallTask, config: RunnableConfig) -> dict[str, Any]:
+    async def acall(self, task: CallTask, config: RunnableConfig) -> dict[str, Any]:
         """Async `call`."""
         if not task["allowed"]:
-            return {"results": {task["id"]: _result(task, "skipped", error="no pair fits")}}
+            return {"results": {task["id"]: subtask_result(task, "skipped", error="no pair fits")}}
         try:
             result = await self.rtr.ainvoke(task["question"], self._config(task, config))
         except Exception as exc:
@@ -634,7 +450,7 @@ class RTRNode:
         graph.add_node(
             "call",
             RunnableLambda(self.call, afunc=self.acall, name="rtr_call"),
-            input_schema=_CallTask,
+            input_schema=CallTask,
         )
         graph.add_edge(START, "dispatch")
         graph.add_conditional_edges("dispatch", self.fan_out, ["call", "dispatch", END])

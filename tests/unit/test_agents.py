@@ -17,11 +17,7 @@ from pydantic import Field, PrivateAttr
 
 from langchain_rtr.agents import RTRAgentState, RTRMiddleware, RTRToolMiddleware, budget_left
 from langchain_rtr.graph import Budget, BudgetExhaustedError
-
-try:
-    from test_graph_fakes import make_rtr
-except ImportError:  # tests/unit imported as a package
-    from tests.unit.test_graph_fakes import make_rtr  # type: ignore[no-redef]
+from tests.unit.test_graph_fakes import make_rtr
 
 
 class AgentChat(BaseChatModel):
@@ -200,3 +196,48 @@ def test_rtr_tool_with_state_schema() -> None:
     agent = create_agent(driver, tools=[create_rtr_tool(rtr)], state_schema=RTRAgentState)
     out = agent.invoke({"messages": [HumanMessage("go")]})
     assert [m.content for m in out["messages"] if isinstance(m, ToolMessage)] == ["7"]
+
+
+def test_middleware_ends_an_exhausted_agent_with_jump_to_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    models = agent_models()
+    rtr, _ = make_rtr(models=models)  # type: ignore[arg-type]
+    middleware = RTRMiddleware(rtr, budget=Budget(tokens=5), on_exhausted="skip")
+
+    def no_model_call(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the run must end before the model call")
+
+    monkeypatch.setattr(RTRMiddleware, "wrap_model_call", no_model_call)
+    ended = middleware.before_model({"messages": [HumanMessage("hi?")]}, None)  # type: ignore[arg-type]
+    assert ended is not None and ended["jump_to"] == "end"
+    assert "budget" in ended["messages"][0].text
+    (record,) = ended["rtr_results"].values()
+    assert record["status"] == "skipped"
+    agent = create_agent(models["big"], middleware=[middleware])
+    out = agent.invoke({"messages": [HumanMessage("hi?")]})
+    assert "budget" in out["messages"][-1].text and calls_of(models) == []
+    assert [r["status"] for r in out["rtr_results"].values()] == ["skipped"]
+    # an unbounded budget never plans twice: nothing to end
+    assert RTRMiddleware(rtr).before_model({"messages": [HumanMessage("hi?")]}, None) is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("max_attempts", "expected_calls"), [(3, 2), (1, 1)])
+def test_middleware_falls_back_by_the_engines_rule(
+    max_attempts: int, expected_calls: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import openai
+    from httpx import Request
+
+    def down(self: Any, messages: list[BaseMessage], kwargs: dict[str, Any]) -> AIMessage:
+        self.calls.append({"messages": messages, "max_tokens": kwargs.get("max_tokens")})
+        raise openai.APIConnectionError(request=Request("POST", "http://127.0.0.1:9/v1"))
+
+    models = agent_models()
+    monkeypatch.setattr(type(models["big"]), "_reply", down)
+    rtr, _ = make_rtr(models=models, max_attempts=max_attempts)  # type: ignore[arg-type]
+    agent = create_agent(models["big"], middleware=[RTRMiddleware(rtr)])
+    with pytest.raises(openai.APIConnectionError):
+        agent.invoke({"messages": [HumanMessage("hi?")]})
+    # each model is tried once (its other strategy is skipped), and never past max_attempts
+    assert len(calls_of(models)) == expected_calls

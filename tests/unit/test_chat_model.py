@@ -9,17 +9,14 @@ from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, Sys
 from langchain_core.prompts import ChatPromptTemplate
 
 from langchain_rtr.chat_model import RTRChatModel
+from langchain_rtr.errors import ConfigError, KnobTypeError, RTRError
 from langchain_rtr.runnable import AllPairsFailedError, RTRRunnable
-
-try:
-    from test_runnable_fakes import FakeRouter, connection_error, make_models, make_strategies
-except ImportError:  # tests/unit imported as a package
-    from tests.unit.test_runnable_fakes import (  # type: ignore[no-redef]
-        FakeRouter,
-        connection_error,
-        make_models,
-        make_strategies,
-    )
+from tests.unit.test_runnable_fakes import (
+    FakeRouter,
+    connection_error,
+    make_models,
+    make_strategies,
+)
 
 
 def build(**fail: Any) -> tuple[RTRChatModel, FakeRouter, dict[str, Any]]:
@@ -124,3 +121,23 @@ def test_in_an_agent_like_loop_history_is_kept() -> None:
     chat.invoke([HumanMessage("hi"), AIMessage("hello"), HumanMessage("2+2?")])
     sent = models["big"].calls[-1]["messages"]
     assert [m.text for m in sent[1:]] == ["hi", "hello", "2+2?"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"max_tokens": -1}, ConfigError),
+        ({"max_tokens": 0}, ConfigError),
+        ({"max_tokens": "20"}, KnobTypeError),
+        ({"rtr_policy": "high"}, KnobTypeError),
+        ({"rtr_lambda": 2.0}, ConfigError),
+    ],
+)
+def test_bad_call_kwargs_are_refused_before_any_model_call(
+    kwargs: dict[str, Any], error: type[Exception]
+) -> None:
+    chat, router, models = build()
+    with pytest.raises(error) as caught:
+        chat.invoke("q", **kwargs)
+    assert isinstance(caught.value, RTRError)
+    assert router.calls == [] and not models["big"].calls and not models["small"].calls

@@ -8,15 +8,11 @@ from langchain_tests.unit_tests import ChatModelUnitTests
 
 from langchain_rtr.chat_model import RTRChatModel
 from langchain_rtr.runnable import RTRRunnable
-
-try:
-    from test_runnable_fakes import FakeRouter, make_models, make_strategies
-except ImportError:  # tests/unit imported as a package
-    from tests.unit.test_runnable_fakes import (  # type: ignore[no-redef]
-        FakeRouter,
-        make_models,
-        make_strategies,
-    )
+from tests.unit.test_runnable_fakes import (
+    FakeRouter,
+    make_models,
+    make_strategies,
+)
 
 
 class TestRTRChatModelStandard(ChatModelUnitTests):

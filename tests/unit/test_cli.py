@@ -114,9 +114,17 @@ def test_route_token_budget_is_never_exceeded(trained: Path) -> None:
 
 
 def test_route_token_budget_nothing_fits_is_explicit(trained: Path) -> None:
+    # the same meaning as rtr_max_tokens in a call: the shortest pair, flagged over budget
     decision = _route_json(trained, "--max-tokens", "1")
-    assert decision["model"] is None
-    assert decision["status"] == "no_pair_fits"
+    assert decision["model"] == "small"
+    assert decision["status"] == "over_budget"
+    assert isinstance(decision["output_tokens"], float) and decision["output_tokens"] > 1
+
+
+def test_route_refuses_bad_knobs_with_a_usage_error(trained: Path) -> None:
+    for args in (["--max-tokens", "0"], ["--confidence", "0.9"], ["--lambda", "2"]):
+        result = runner.invoke(app, ["route", "q", "--router", str(trained), *args])
+        assert result.exit_code == 2, (args, result.output)
 
 
 def test_eval_writes_plot_and_json(trained: Path, tmp_path: Path) -> None:

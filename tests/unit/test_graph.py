@@ -23,19 +23,14 @@ from langchain_rtr.graph import (
     split,
 )
 from langchain_rtr.graph.budget import PICO_PER_USD, usd_to_pico
-
-try:
-    from test_graph_fakes import SPECS, BudgetChat, FakePredictor, make_models, make_rtr
-    from test_runnable_fakes import status_error
-except ImportError:  # tests/unit imported as a package
-    from tests.unit.test_graph_fakes import (  # type: ignore[no-redef]
-        SPECS,
-        BudgetChat,
-        FakePredictor,
-        make_models,
-        make_rtr,
-    )
-    from tests.unit.test_runnable_fakes import status_error  # type: ignore[no-redef]
+from tests.unit.test_graph_fakes import (
+    SPECS,
+    BudgetChat,
+    FakePredictor,
+    make_models,
+    make_rtr,
+)
+from tests.unit.test_runnable_fakes import status_error
 
 
 def all_calls(models: dict[str, BudgetChat]) -> list[dict[str, Any]]:

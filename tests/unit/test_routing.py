@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from rich.console import Console
 
+from langchain_rtr.cli.render import routing_table_view
 from langchain_rtr.routing import (
     STATUS_BELOW_FLOOR,
     STATUS_NO_PAIR_FITS,
@@ -153,7 +154,7 @@ def test_routing_table_rows_sort_and_render() -> None:
     assert dicts[3]["model"] == "big" and dicts[3]["output_tokens"] == pytest.approx(800)
     json.dumps(dicts)
     console = Console(record=True, width=120)
-    console.print(table)
+    console.print(routing_table_view(table))
     text = console.export_text()
     assert "big" in text and "hard" in text
 

@@ -10,7 +10,7 @@ from langchain_core.callbacks import BaseCallbackHandler, get_usage_metadata_cal
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage
 from langchain_core.prompts import ChatPromptTemplate
 
-from langchain_rtr.errors import ConfigError, UnknownPairError
+from langchain_rtr.errors import ConfigError, KnobTypeError, RTRError, UnknownPairError
 from langchain_rtr.models import ModelRegistry
 from langchain_rtr.routing import TokenBudget, Tradeoff
 from langchain_rtr.runnable import (
@@ -19,25 +19,14 @@ from langchain_rtr.runnable import (
     RTRRunnable,
     is_endpoint_failure,
 )
-
-try:
-    from test_runnable_fakes import (
-        FakeChat,
-        FakeRouter,
-        connection_error,
-        make_models,
-        make_strategies,
-        status_error,
-    )
-except ImportError:  # tests/unit imported as a package
-    from tests.unit.test_runnable_fakes import (  # type: ignore[no-redef]
-        FakeChat,
-        FakeRouter,
-        connection_error,
-        make_models,
-        make_strategies,
-        status_error,
-    )
+from tests.unit.test_runnable_fakes import (
+    FakeChat,
+    FakeRouter,
+    connection_error,
+    make_models,
+    make_strategies,
+    status_error,
+)
 
 
 def build(router: FakeRouter | None = None, models: dict[str, Any] | None = None, **kw: Any):
@@ -137,8 +126,11 @@ def test_configurable_policy_and_allowed_pairs() -> None:
     policy = router.calls[-1]["policy"]
     assert isinstance(policy, TokenBudget) and policy.max_tokens == 64
     explicit = TokenBudget(max_tokens=10)
-    rtr.invoke("q", config={"configurable": {"rtr_policy": explicit, "rtr_lambda": 0.5}})
+    rtr.invoke("q", config={"configurable": {"rtr_policy": explicit}})
     assert router.calls[-1]["policy"] is explicit
+    # two knobs that each choose a policy are refused, not silently ranked
+    with pytest.raises(ConfigError, match="at most one"):
+        rtr.invoke("q", config={"configurable": {"rtr_policy": explicit, "rtr_lambda": 0.5}})
     result = rtr.invoke(
         "q", config={"configurable": {"rtr_allowed_pairs": [("small", "direct"), "small/cot"]}}
     )
@@ -160,18 +152,33 @@ def test_policy_budget_caps_max_tokens() -> None:
     ("configurable", "error"),
     [
         ({"rtr_lambda": 1.5}, ConfigError),
-        ({"rtr_lambda": "high"}, ConfigError),
+        ({"rtr_lambda": "high"}, KnobTypeError),
         ({"rtr_max_tokens": 0}, ConfigError),
+        ({"rtr_max_tokens": -1}, ConfigError),
+        ({"rtr_max_tokens": 2.5}, KnobTypeError),
+        ({"rtr_policy": "high"}, KnobTypeError),
+        ({"rtr_policy": 0}, KnobTypeError),
+        ({"rtr_policy": {}}, KnobTypeError),
+        ({"rtr_confidence": 0.9}, ConfigError),  # a confidence needs a token budget
+        ({"rtr_max_tokens": 100, "rtr_confidence": 1.0}, ConfigError),
         ({"rtr_allowed_pairs": [("huge", "cot")]}, UnknownPairError),
-        ({"rtr_allowed_pairs": "big/cot"}, ConfigError),
+        ({"rtr_allowed_pairs": [5]}, KnobTypeError),
+        ({"rtr_allowed_pairs": {"big": "cot"}}, KnobTypeError),
         ({"rtr_allowed_pairs": [("big", "cot", "x")]}, ConfigError),
     ],
 )
 def test_bad_knobs_are_refused(configurable: dict[str, Any], error: type[Exception]) -> None:
     rtr, router, _ = build()
-    with pytest.raises(error):
+    with pytest.raises(error) as caught:
         rtr.invoke("q", config={"configurable": configurable})
+    assert isinstance(caught.value, RTRError)
     assert router.calls == []
+
+
+def test_a_pair_string_means_the_same_in_config_as_in_the_model_string() -> None:
+    rtr, router, _ = build()
+    rtr.invoke("q", config={"configurable": {"rtr_allowed_pairs": "big/cot|small/cot"}})
+    assert set(router.calls[-1]["allowed"]) == {("big", "cot"), ("small", "cot")}
 
 
 def test_untrained_model_or_strategy_is_refused() -> None:

@@ -10,16 +10,12 @@ from langchain_openai import ChatOpenAI
 
 from langchain_rtr.errors import ConfigError
 from langchain_rtr.runnable import CONTINUE_BODY, AllPairsFailedError, RTRResult, RTRRunnable
-
-try:
-    from test_runnable_fakes import FakeChat, FakeRouter, make_strategies, status_error
-except ImportError:  # tests/unit imported as a package
-    from tests.unit.test_runnable_fakes import (  # type: ignore[no-redef]
-        FakeChat,
-        FakeRouter,
-        make_strategies,
-        status_error,
-    )
+from tests.unit.test_runnable_fakes import (
+    FakeChat,
+    FakeRouter,
+    make_strategies,
+    status_error,
+)
 
 REPLY = "Two plus two: add the units, carry nothing, so the answer is \\boxed{4}."
 N_WORDS = len(REPLY.split())
@@ -177,9 +173,9 @@ def test_by_default_only_chat_openai_on_a_server_continues() -> None:
     rtr = RTRRunnable(
         router=FakeRouter(), models={"big": served, "small": hosted}, strategies=make_strategies()
     )
-    assert rtr._can_continue("big") and not rtr._can_continue("small")
+    assert rtr.engine.can_continue("big") and not rtr.engine.can_continue("small")
     fakes, _, _ = build(continuable_models=None)
-    assert not fakes._can_continue("small")
+    assert not fakes.engine.can_continue("small")
 
 
 def test_an_error_event_from_a_dying_server_is_continued_too() -> None:

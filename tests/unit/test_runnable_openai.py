@@ -14,16 +14,12 @@ from langchain_rtr.errors import ConfigError, UnknownPairError
 from langchain_rtr.models import ModelRegistry, chat_model_for
 from langchain_rtr.runnable import RTRRunnable
 from langchain_rtr.specs import ModelSpec
-
-try:
-    from test_runnable_fakes import PAIRS, FakeChat, FakeRouter, make_strategies
-except ImportError:  # tests/unit imported as a package
-    from tests.unit.test_runnable_fakes import (  # type: ignore[no-redef]
-        PAIRS,
-        FakeChat,
-        FakeRouter,
-        make_strategies,
-    )
+from tests.unit.test_runnable_fakes import (
+    PAIRS,
+    FakeChat,
+    FakeRouter,
+    make_strategies,
+)
 
 _BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_runnable.py"
 

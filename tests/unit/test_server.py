@@ -12,24 +12,20 @@ import openai
 import pytest
 from langchain_openai import ChatOpenAI
 
+from langchain_rtr.dispatch import CallRun
 from langchain_rtr.routing import AccuracyFloor, TokenBudget, Tradeoff
 from langchain_rtr.runnable import RTRRunnable
 from langchain_rtr.server import ServerSettings, create_app, parse_rtr_model
 from langchain_rtr.specs import ModelSpec
-
-try:
-    from test_runnable_fakes import FakeChat, FakeRouter, connection_error, make_strategies
-    from test_runnable_fakes import status_error as backend_status_error
-except ImportError:  # tests/unit imported as a package
-    from tests.unit.test_runnable_fakes import (  # type: ignore[no-redef]
-        FakeChat,
-        FakeRouter,
-        connection_error,
-        make_strategies,
-    )
-    from tests.unit.test_runnable_fakes import (  # type: ignore[no-redef]
-        status_error as backend_status_error,
-    )
+from tests.unit.test_runnable_fakes import (
+    FakeChat,
+    FakeRouter,
+    connection_error,
+    make_strategies,
+)
+from tests.unit.test_runnable_fakes import (
+    status_error as backend_status_error,
+)
 
 BASE = "http://rtr.test"
 BACKEND_URL = "http://backend.test/v1"
@@ -398,7 +394,7 @@ async def test_a_bug_mid_stream_still_ends_with_an_error_and_done(
     def boom(*args: Any) -> Any:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(RTRRunnable, "_stream_answer", staticmethod(boom))
+    monkeypatch.setattr(CallRun, "streamed_answer", boom)
     resp = await post(env, STREAM)
     events = sse_events(resp.text)
     assert events[-1] == "[DONE]" and events[-2]["error"]["code"] == "internal_error"

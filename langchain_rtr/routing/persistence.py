@@ -1,0 +1,126 @@
+"""Saving and loading a router: ``predictor/``, ``models.json`` and ``router.json``."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, cast
+
+from langchain_rtr.errors import RoutingError
+from langchain_rtr.routing.policies import policy_from_dict
+from langchain_rtr.routing.router import RTRRouter
+from langchain_rtr.routing.types import (
+    CHARS_PER_TOKEN,
+    PROMPT_OVERHEAD_TOKENS,
+    ROUTER_FORMAT,
+    ROUTER_FORMAT_VERSION,
+    PredictorLike,
+)
+from langchain_rtr.specs import ModelSpec
+
+
+def router_config(router: RTRRouter) -> dict[str, Any]:
+    """What ``router.json`` holds."""
+    return {
+        "format": ROUTER_FORMAT,
+        "version": ROUTER_FORMAT_VERSION,
+        "pairs": [list(p) for p in router.pairs],
+        "cost_unit": router.cost_unit,
+        "cost_scale": router.cost_scale,
+        "default_policy": router.default_policy.to_dict(),
+        "strategy_overhead_tokens": router.cost_model.strategy_overhead_tokens,
+        "input_token_estimate": {
+            "chars_per_token": CHARS_PER_TOKEN,
+            "prompt_overhead_tokens": PROMPT_OVERHEAD_TOKENS,
+        },
+    }
+
+
+def save_router(router: RTRRouter, directory: str | Path) -> Path:
+    """Write ``predictor/`` (the checkpoint), ``models.json`` and ``router.json``.
+
+    API keys are never written: supply them again with ``load(..., models=...)`` or the
+    environment.
+    """
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    router.predictor.save(root / "predictor")
+    models = {
+        name: spec.model_dump(mode="json", exclude={"api_key"})
+        for name, spec in sorted(router.models.items())
+    }
+    (root / "models.json").write_text(json.dumps(models, indent=2) + "\n", encoding="utf-8")
+    (root / "router.json").write_text(
+        json.dumps(router_config(router), indent=2) + "\n", encoding="utf-8"
+    )
+    return root
+
+
+def load_router(
+    directory: str | Path,
+    *,
+    models: Mapping[str, ModelSpec] | None = None,
+    predictor_loader: Callable[[Path], PredictorLike] | None = None,
+    **predictor_kw: Any,
+) -> RTRRouter:
+    """Read a router written by :meth:`save`.
+
+    Args:
+        directory: The directory.
+        models: Specs that replace the saved ones by name (to add endpoints or API keys).
+        predictor_loader: Reads ``directory/predictor``; default
+            ``langchain_rtr.predictor.load_predictor`` (a single predictor or a cascade).
+        **predictor_kw: Passed to the default loader.
+    """
+    root = Path(directory)
+    config = _read_json(root / "router.json")
+    if config.get("format") != ROUTER_FORMAT:
+        raise RoutingError(f"{root / 'router.json'}: not a langchain-rtr router file")
+    if int(config.get("version", 0)) > ROUTER_FORMAT_VERSION:
+        raise RoutingError(
+            f"{root / 'router.json'}: format version {config.get('version')} is newer than "
+            f"this library reads ({ROUTER_FORMAT_VERSION})"
+        )
+    saved = _read_json(root / "models.json")
+    try:
+        specs = {name: ModelSpec.model_validate(spec) for name, spec in saved.items()}
+    except ValueError as exc:
+        raise RoutingError(f"{root / 'models.json'}: {exc}") from exc
+    specs.update(models or {})
+    if predictor_loader is None:
+        # Imported here: routing itself needs neither the predictor package nor safetensors.
+        load = importlib.import_module("langchain_rtr.predictor.cascade").load_predictor
+
+        def predictor_loader(path: Path) -> PredictorLike:
+            return cast(PredictorLike, load(path, **predictor_kw))
+
+    predictor = predictor_loader(root / "predictor")
+    pairs = [tuple(p) for p in config.get("pairs", [])]
+    if pairs and [tuple(p) for p in predictor.pairs] != pairs:
+        raise RoutingError(
+            f"{root}: the predictor's pairs {predictor.pairs} differ from router.json's {pairs}"
+        )
+    return RTRRouter(
+        predictor,
+        specs,
+        cost_unit=config.get("cost_unit", "usd"),
+        cost_scale=config.get("cost_scale"),
+        default_policy=policy_from_dict(config["default_policy"])
+        if config.get("default_policy")
+        else None,
+        strategy_overhead_tokens=config.get("strategy_overhead_tokens") or None,
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise RoutingError(f"{path}: missing") from exc
+    except json.JSONDecodeError as exc:
+        raise RoutingError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from exc
+    if not isinstance(data, dict):
+        raise RoutingError(f"{path}: expected a JSON object")
+    return data

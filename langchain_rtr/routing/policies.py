@@ -1,0 +1,386 @@
+"""Policies: pick one pair per question from predicted correctness, tokens and cost."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from langchain_rtr.errors import KnobTypeError, NotCalibratedError, RoutingError
+from langchain_rtr.routing.costs import check_cost_unit
+from langchain_rtr.routing.types import (
+    DEFAULT_LAMBDA,
+    STATUS_BELOW_FLOOR,
+    STATUS_NO_ALLOWED_PAIR,
+    STATUS_NO_PAIR_FITS,
+    STATUS_OK,
+    STATUS_OVER_BUDGET,
+    CostUnit,
+)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A policy's pick for ``n`` questions.
+
+    Attributes:
+        index: ``[n]`` column of the chosen pair, ``-1`` where none was chosen.
+        status: ``[n]`` status strings (``"ok"``, ``"no_pair_fits"``, ...).
+        ranking: ``[n, P]`` columns in the policy's order of preference; only the first
+            ``n_ranked[i]`` entries of row ``i`` are eligible (the rest are padding).
+        n_ranked: ``[n]`` how many pairs each row ranks.
+    """
+
+    index: np.ndarray
+    status: np.ndarray
+    ranking: np.ndarray
+    n_ranked: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Keys:
+    """Sort keys (most significant first, higher is better) over eligible cells."""
+
+    keys: list[np.ndarray]
+    eligible: np.ndarray
+    status: np.ndarray
+
+
+def _as_arrays(
+    correctness: np.ndarray,
+    tokens: np.ndarray | None,
+    cost: np.ndarray,
+    allowed: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+    a = np.atleast_2d(np.asarray(correctness, dtype=np.float64))
+    c = np.atleast_2d(np.asarray(cost, dtype=np.float64))
+    t = None if tokens is None else np.atleast_2d(np.asarray(tokens, dtype=np.float64))
+    if c.shape != a.shape or (t is not None and t.shape != a.shape):
+        raise RoutingError(
+            f"correctness {a.shape}, tokens {None if t is None else t.shape} and cost {c.shape} "
+            "must have the same [n_questions, n_pairs] shape"
+        )
+    if allowed is None:
+        mask = np.ones(a.shape, dtype=bool)
+    else:
+        mask = np.asarray(allowed, dtype=bool)
+        if mask.ndim == 1:
+            mask = np.broadcast_to(mask, a.shape)
+        if mask.shape != a.shape:
+            raise RoutingError(f"allowed mask {mask.shape} does not match {a.shape}")
+    return a, t, c, mask
+
+
+class Policy(ABC):
+    """Picks one pair per question from predicted correctness, tokens and (normalised) cost.
+
+    Subclasses are frozen dataclasses; :meth:`choose` is the vectorised core used both by the
+    router (one question) and by offline evaluation (thousands at once).
+    """
+
+    name: ClassVar[str]
+    needs_cost_scale: ClassVar[bool] = False
+
+    @abstractmethod
+    def _keys(
+        self, a: np.ndarray, t: np.ndarray | None, c: np.ndarray, allowed: np.ndarray
+    ) -> _Keys: ...
+
+    def choose(
+        self,
+        correctness: np.ndarray,
+        tokens: np.ndarray | None,
+        cost: np.ndarray,
+        allowed: np.ndarray | None = None,
+    ) -> Choice:
+        """Pick a pair per row.
+
+        Args:
+            correctness: ``[n, P]`` predicted probability of a correct answer.
+            tokens: ``[n, P]`` predicted output tokens, or ``None`` (token budgets need them).
+            cost: ``[n, P]`` predicted cost in the router's unit divided by its cost scale.
+            allowed: ``[P]`` or ``[n, P]`` boolean mask of candidate pairs (default: all).
+
+        Returns:
+            The chosen columns, statuses and the full preference ranking.
+        """
+        a, t, c, mask = _as_arrays(correctness, tokens, cost, allowed)
+        k = self._keys(a, t, c, mask)
+        # np.lexsort sorts ascending by the *last* key first: eligible cells first, then
+        # each key high-to-low; ties keep column order.
+        sort_keys = [-key for key in reversed(k.keys)] + [~k.eligible]
+        ranking = np.lexsort(sort_keys, axis=-1) if a.size else np.zeros(a.shape, np.int64)
+        n_ranked = k.eligible.sum(axis=1)
+        status = k.status
+        status[(n_ranked == 0) & (status == STATUS_OK)] = STATUS_NO_ALLOWED_PAIR
+        index = np.where(n_ranked > 0, ranking[:, 0] if a.shape[1] else -1, -1)
+        return Choice(
+            index=index.astype(np.int64),
+            status=status,
+            ranking=ranking.astype(np.int64),
+            n_ranked=n_ranked.astype(np.int64),
+        )
+
+    def params(self) -> dict[str, Any]:
+        """The policy's parameters (JSON-ready)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"policy": name, **params}``; :func:`policy_from_dict` reads it back."""
+        return {"policy": self.name, **self.params()}
+
+
+def _status(n: int, value: str = STATUS_OK) -> np.ndarray:
+    return np.full(n, value, dtype=object)
+
+
+@dataclass(frozen=True)
+class Tradeoff(Policy):
+    """Best ``lam·â − (1−lam)·cost/scale``: lam=1 is most accurate, lam=0 is cheapest.
+
+    Ties go to the more accurate, then cheaper, then earlier pair.
+    """
+
+    lam: float = DEFAULT_LAMBDA
+    name: ClassVar[str] = "tradeoff"
+    needs_cost_scale: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= float(self.lam) <= 1.0):
+            raise RoutingError(f"Tradeoff lam must be in [0, 1], got {self.lam!r}")
+
+    def _keys(
+        self, a: np.ndarray, t: np.ndarray | None, c: np.ndarray, allowed: np.ndarray
+    ) -> _Keys:
+        score = self.lam * a - (1.0 - self.lam) * c
+        return _Keys([score, a, -c], allowed, _status(a.shape[0]))
+
+
+@dataclass(frozen=True)
+class TokenBudget(Policy):
+    """Most likely correct pair whose predicted output tokens fit ``max_tokens``.
+
+    When nothing fits: with ``on_no_fit="none"`` (default) no pair is chosen and the status is
+    ``"no_pair_fits"``; with ``"fewest_tokens"`` the shortest pair is chosen with status
+    ``"over_budget"``. The chosen pair's predicted tokens never exceed the budget otherwise.
+    """
+
+    max_tokens: float
+    on_no_fit: Literal["none", "fewest_tokens"] = "none"
+    confidence: float | None = None
+    """Probability that the chosen pair's answer fits ``max_tokens`` (in (0, 1)); it needs
+    the routing table's length quantiles. None: the predicted (mean) length must fit."""
+    name: ClassVar[str] = "token_budget"
+
+    def __post_init__(self) -> None:
+        budget = self.max_tokens
+        if isinstance(budget, bool) or not isinstance(budget, numbers.Real):
+            msg = f"TokenBudget max_tokens: expected a number of tokens, got {budget!r}"
+            raise KnobTypeError(msg)
+        if not (math.isfinite(budget) and budget >= 0):
+            msg = f"TokenBudget max_tokens: expected a finite number >= 0, got {budget!r}"
+            raise RoutingError(msg)
+        if self.on_no_fit not in ("none", "fewest_tokens"):
+            raise RoutingError(
+                f"on_no_fit must be 'none' or 'fewest_tokens', got {self.on_no_fit!r}"
+            )
+        c = self.confidence
+        if c is not None:
+            if isinstance(c, bool) or not isinstance(c, numbers.Real):
+                raise KnobTypeError(f"TokenBudget confidence: expected a number, got {c!r}")
+            if not 0.0 < c < 1.0:
+                raise RoutingError(f"TokenBudget confidence: expected a value in (0, 1), got {c!r}")
+
+    def _keys(
+        self, a: np.ndarray, t: np.ndarray | None, c: np.ndarray, allowed: np.ndarray
+    ) -> _Keys:
+        if t is None:
+            raise RoutingError(
+                "TokenBudget needs output-token predictions; this predictor has no length head"
+            )
+        if self.confidence is not None:
+            # The quantile semantics of `confidence` come from issue 18 (length quantiles).
+            raise RoutingError(
+                f"TokenBudget(confidence={self.confidence}) needs the routing table's length "
+                "quantiles, and this router predicts mean lengths only; drop confidence or "
+                "use a router trained with length quantiles"
+            )
+        fits = allowed & (t <= self.max_tokens)
+        none_fit: np.ndarray = np.logical_not(fits.any(axis=1))
+        status = _status(a.shape[0])
+        status[none_fit & allowed.any(axis=1)] = STATUS_NO_PAIR_FITS
+        if self.on_no_fit == "fewest_tokens":
+            fallback = none_fit[:, None]
+            eligible = np.where(fallback, allowed, fits)
+            keys = [np.where(fallback, -t, a), np.where(fallback, a, -t), -c]
+            status[none_fit & allowed.any(axis=1)] = STATUS_OVER_BUDGET
+        else:
+            eligible = fits
+            keys = [a, -t, -c]
+        return _Keys(keys, eligible, status)
+
+
+@dataclass(frozen=True)
+class AccuracyFloor(Policy):
+    """Cheapest pair whose predicted correctness is at least ``floor``.
+
+    When no allowed pair reaches it, the most accurate allowed pair is chosen and the status is
+    ``"below_floor"``. The ranking lists pairs above the floor (cheapest first), then the rest
+    (most accurate first).
+    """
+
+    floor: float
+    name: ClassVar[str] = "accuracy_floor"
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= float(self.floor) <= 1.0):
+            raise RoutingError(f"AccuracyFloor floor must be in [0, 1], got {self.floor!r}")
+
+    def _keys(
+        self, a: np.ndarray, t: np.ndarray | None, c: np.ndarray, allowed: np.ndarray
+    ) -> _Keys:
+        meets = allowed & (a >= self.floor)
+        status = _status(a.shape[0])
+        status[~meets.any(axis=1) & allowed.any(axis=1)] = STATUS_BELOW_FLOOR
+        keys = [meets.astype(np.float64), np.where(meets, -c, a), np.where(meets, a, -c)]
+        return _Keys(keys, allowed, status)
+
+
+@dataclass(frozen=True)
+class AverageBudget(Policy):
+    """Keep the *average* cost over a workload at ``target`` (RouteLLM-style calibration).
+
+    It is a :class:`Tradeoff` whose λ is calibrated on validation predictions by bisection so
+    that the mean chosen cost (output tokens or $, by ``unit``) is at most ``target``. Build it
+    uncalibrated and call :meth:`RTRRouter.calibrate` (or :meth:`calibrate` on arrays); routing
+    with an uncalibrated one raises :class:`NotCalibratedError`.
+
+    Attributes:
+        target: Mean output tokens or $ per question to stay under.
+        unit: ``"tokens"`` or ``"usd"``.
+        lam: The calibrated λ (``None`` until calibrated).
+        validation_mean: The mean cost the calibrated λ reached on the validation questions.
+    """
+
+    target: float
+    unit: CostUnit = "tokens"
+    lam: float | None = None
+    validation_mean: float | None = None
+    name: ClassVar[str] = "average_budget"
+    needs_cost_scale: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        check_cost_unit(self.unit)
+        if not (float(self.target) >= 0):
+            raise RoutingError(f"AverageBudget target must be >= 0, got {self.target!r}")
+        if self.lam is not None and not (0.0 <= self.lam <= 1.0):
+            raise RoutingError(f"AverageBudget lam must be in [0, 1], got {self.lam!r}")
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether λ has been fitted."""
+        return self.lam is not None
+
+    def _keys(
+        self, a: np.ndarray, t: np.ndarray | None, c: np.ndarray, allowed: np.ndarray
+    ) -> _Keys:
+        if self.lam is None:
+            raise NotCalibratedError(
+                "AverageBudget is not calibrated: call router.calibrate(policy, "
+                "validation_questions) first"
+            )
+        return Tradeoff(self.lam)._keys(a, t, c, allowed)
+
+    def calibrate(
+        self,
+        correctness: np.ndarray,
+        tokens: np.ndarray | None,
+        usd: np.ndarray,
+        cost: np.ndarray,
+        allowed: np.ndarray | None = None,
+        iterations: int = 60,
+    ) -> AverageBudget:
+        """Fit λ on validation predictions (arrays ``[n, P]``).
+
+        Args:
+            correctness: Predicted correctness.
+            tokens: Predicted output tokens (needed when ``unit="tokens"``).
+            usd: Predicted $ per call.
+            cost: Normalised cost the trade-off scores with (router unit / cost scale).
+            allowed: Candidate mask, as at routing time.
+            iterations: Bisection steps on λ.
+
+        Returns:
+            A calibrated copy: the largest λ found whose mean chosen cost is ``<= target``.
+
+        Raises:
+            RoutingError: Even the cheapest choice (λ=0) averages above the target.
+        """
+        if self.unit == "tokens":
+            if tokens is None:
+                raise RoutingError(
+                    'AverageBudget(unit="tokens") needs output-token predictions; '
+                    "this predictor has no length head"
+                )
+            measure = np.atleast_2d(np.asarray(tokens, dtype=np.float64))
+        else:
+            measure = np.atleast_2d(np.asarray(usd, dtype=np.float64))
+        rows = np.arange(measure.shape[0])
+
+        def mean_at(lam: float) -> float:
+            idx = Tradeoff(lam).choose(correctness, tokens, cost, allowed).index
+            if (idx < 0).any():
+                raise RoutingError("some validation questions have no allowed pair")
+            return float(measure[rows, idx].mean())
+
+        if measure.shape[0] == 0:
+            raise RoutingError("AverageBudget.calibrate needs at least one validation question")
+        hi_mean = mean_at(1.0)
+        if hi_mean <= self.target:
+            return replace(self, lam=1.0, validation_mean=hi_mean)
+        lo, lo_mean = 0.0, mean_at(0.0)
+        if lo_mean > self.target:
+            raise RoutingError(
+                f"AverageBudget target {self.target:g} {self.unit} is below what even the "
+                f"cheapest pairs average on these {measure.shape[0]} questions ({lo_mean:.4g})"
+            )
+        hi = 1.0
+        for _ in range(iterations):
+            mid = (lo + hi) / 2
+            m = mean_at(mid)
+            if m <= self.target:
+                lo, lo_mean = mid, m
+            else:
+                hi = mid
+        return replace(self, lam=lo, validation_mean=lo_mean)
+
+
+POLICIES: dict[str, type[Policy]] = {
+    cls.name: cls for cls in (Tradeoff, TokenBudget, AccuracyFloor, AverageBudget)
+}
+
+
+def policy_from_dict(spec: Mapping[str, Any]) -> Policy:
+    """Build a policy from ``{"policy": name, **params}`` (the form :meth:`Policy.to_dict` writes).
+
+    Raises:
+        RoutingError: Unknown policy name or parameters.
+    """
+    params = dict(spec)
+    name = params.pop("policy", None)
+    cls = POLICIES.get(str(name))
+    if cls is None:
+        raise RoutingError(f"unknown policy {name!r}; expected one of {sorted(POLICIES)}")
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise RoutingError(f"policy {name!r} takes {sorted(known)}, got unknown {unknown}")
+    try:
+        return cls(**params)
+    except TypeError as exc:
+        raise RoutingError(f"policy {name!r}: {exc}") from exc
