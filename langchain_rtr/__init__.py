@@ -85,6 +85,7 @@ _EXPORTS: dict[str, str] = {
     "run_program": "langchain_rtr.strategies",
     "arun_program": "langchain_rtr.strategies",
     "SandboxResult": "langchain_rtr.strategies",
+    "isolation_mode": "langchain_rtr.strategies",
     # live dispatch
     "ModelsFile": "langchain_rtr.config",
     "load_models_file": "langchain_rtr.config",
@@ -245,6 +246,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         get_strategy,
         grade,
         is_equivalent,
+        isolation_mode,
         list_strategies,
         register_strategy,
         run_program,

@@ -2,13 +2,23 @@
 
 Layers, outermost first:
 
-1. **OS isolation** (chosen once per process, see :func:`isolation_mode`):
+1. **OS isolation** (chosen once per process, see :func:`isolation_mode`), strongest first:
+   - ``bwrap``: bubblewrap gives the program its own mount, PID, IPC, UTS and network
+     namespaces. Its filesystem holds only the interpreter and the system libraries it links
+     against (read-only, ``nosuid``), a minimal ``/dev`` (null, zero, random, urandom), its own
+     ``/proc``, and a private ``/tmp`` whose only entry is the program's writable folder: no
+     ``/home``, no host ``/tmp`` or ``/dev/shm``, no host process visible or signallable, no
+     network (not even loopback). It runs as ``nobody``: as root, bubblewrap keeps only
+     ``CAP_SETUID``/``CAP_SETGID`` and the wrapper drops to ``nobody`` for good (so the host
+     sees ``nobody`` and ``RLIMIT_NPROC`` binds); otherwise a user namespace maps ``nobody`` to
+     the caller.
    - ``root``: ``unshare -n`` (a network namespace with no interfaces) and ``setpriv`` to
-     ``nobody`` with no groups, so the program cannot write the caller's files and
-     ``RLIMIT_NPROC`` applies (it does not limit root);
+     ``nobody`` with no groups; host files stay readable.
    - ``userns``: unprivileged ``unshare --user --map-root-user -n`` (no network; the caller's
-     own file permissions);
+     own file permissions).
    - ``none``: a plain child process; only layers 2-3 apply.
+   Anything weaker than ``bwrap`` is announced once per process with a ``RuntimeWarning`` (and
+   a log record) naming the layer in use.
 2. **Resource limits**, set by the wrapper before any model code runs (after the uid drop, since
    ``RLIMIT_NPROC=0`` set earlier would make the ``execve`` after ``setuid`` fail):
    ``RLIMIT_AS`` (memory), ``RLIMIT_CPU``, ``RLIMIT_NPROC=0`` (no fork, no threads),
@@ -34,6 +44,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import logging
 import os
 import re
 import selectors
@@ -44,6 +55,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -56,7 +68,7 @@ __all__ = [
     "run_program",
 ]
 
-IsolationMode = Literal["root", "userns", "none"]
+IsolationMode = Literal["bwrap", "root", "userns", "none"]
 
 _NOBODY = 65534
 _STDERR_CAP = 16_000
@@ -70,6 +82,10 @@ def _rtr_setup():
     import posix, resource, builtins
     cfg = json.loads(sys.argv[1])
     tmp = cfg["tmp"]
+    if cfg["drop"]:
+        posix.setgroups([])
+        posix.setgid(cfg["drop"])
+        posix.setuid(cfg["drop"])
     for name, value in (("RLIMIT_AS", cfg["mem"]), ("RLIMIT_CPU", cfg["cpu"]),
                         ("RLIMIT_FSIZE", cfg["fsize"]), ("RLIMIT_NOFILE", 64),
                         ("RLIMIT_CORE", 0), ("RLIMIT_NPROC", 0)):
@@ -254,7 +270,7 @@ class SandboxResult:
         error: Why it failed, in one readable line; None when ``ok``.
         duration_s: Wall-clock seconds from start to the end of the child.
         exit_code: The child's exit status (negative: killed by that signal); None if not run.
-        isolation: The OS layer that was used ("root", "userns" or "none").
+        isolation: The OS layer that was used ("bwrap", "root", "userns" or "none").
         stderr: The tail of what it wrote to stderr (for debugging).
     """
 
@@ -267,10 +283,15 @@ class SandboxResult:
     stderr: str = ""
 
 
+def _interpreter() -> str:
+    """The real interpreter binary (a venv's ``python`` is a link to it; ``-S`` ignores venvs)."""
+    return os.path.realpath(sys.executable)
+
+
 def _probe(cmd: list[str]) -> bool:
     try:
         done = subprocess.run(
-            [*cmd, sys.executable, "-I", "-S", "-c", "pass"],
+            [*cmd, _interpreter(), "-I", "-S", "-c", "pass"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -282,6 +303,68 @@ def _probe(cmd: list[str]) -> bool:
     return done.returncode == 0
 
 
+_LIB_DIRS = ("/lib", "/lib64", "/lib32", "/libx32", "/usr/lib", "/usr/lib64", "/usr/lib32")
+_DEVICES = ("/dev/null", "/dev/zero", "/dev/random", "/dev/urandom")
+_WORK_TMPFS_BYTES = 64 * 1024 * 1024
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _bwrap_prefix(work: str | None = None, readable: tuple[str, ...] = ()) -> list[str]:
+    """The bubblewrap command line: a filesystem of the interpreter's files and nothing else.
+
+    The program's folder ``work`` (the same path as on the host, so messages match) is a
+    directory on a private, size-capped tmpfs ``/tmp``; only ``work/program.py`` comes from
+    the host, read-only. ``readable`` adds folders (site-packages) bound read-only.
+    """
+    root = os.geteuid() == 0
+    args = ["bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts"]
+    args += ["--unshare-cgroup-try", "--die-with-parent", "--new-session"]
+    if root:  # privileged mode: keep only what the wrapper needs to become nobody for good
+        args += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    else:
+        args += ["--unshare-user", "--uid", str(_NOBODY), "--gid", str(_NOBODY)]
+    links: list[str] = []
+    binds: list[str] = []
+    for lib in _LIB_DIRS:
+        if os.path.islink(lib):
+            links += ["--symlink", os.readlink(lib), lib]
+        elif os.path.isdir(lib):
+            binds.append(lib)
+    prefix = os.path.realpath(sys.base_prefix)
+    wanted = [os.path.join(prefix, "lib"), os.path.join(prefix, "lib64"), _interpreter()]
+    for path in (*wanted, *readable):
+        real = os.path.realpath(path)
+        if os.path.exists(real) and not any(_under(real, b) for b in binds):
+            binds.append(real)
+    binds.sort(key=len)
+    dirs: set[str] = set()
+    for path in binds:
+        parent = os.path.dirname(path)
+        while parent not in ("/", "") and not any(_under(parent, b) for b in binds):
+            dirs.add(parent)
+            parent = os.path.dirname(parent)
+    for folder in sorted(dirs, key=len):  # created world-traversable, whatever the host's mode
+        args += ["--perms", "0755", "--dir", folder]
+    for path in binds:
+        args += ["--ro-bind", path, path]
+    args += links
+    args += ["--proc", "/proc", "--perms", "0755", "--tmpfs", "/dev"]
+    for device in _DEVICES:
+        args += ["--dev-bind", device, device]
+    args += ["--size", str(_WORK_TMPFS_BYTES), "--perms", "1777", "--tmpfs", "/tmp"]
+    if work is not None:
+        parent = os.path.dirname(work)
+        while parent not in ("/", "/tmp", ""):
+            args += ["--perms", "0755", "--dir", parent]
+            parent = os.path.dirname(parent)
+        program = os.path.join(work, "program.py")
+        args += ["--perms", "0777", "--dir", work, "--ro-bind", program, program, "--chdir", work]
+    return [*args, "--"]
+
+
 def _prefix(mode: IsolationMode) -> list[str]:
     if mode == "root":
         return [
@@ -290,20 +373,52 @@ def _prefix(mode: IsolationMode) -> list[str]:
         ]  # fmt: skip
     if mode == "userns":
         return ["unshare", "--user", "--map-root-user", "--net", "--"]
+    if mode == "bwrap":
+        return _bwrap_prefix()
     return []
+
+
+_FALLBACK_NOTE = {
+    "root": "a network namespace and uid nobody only: the program can read world-readable "
+    "host files and see host processes",
+    "userns": "a network namespace only, with the caller's own file permissions: the program "
+    "can read and write what the caller can",
+    "none": "no OS isolation at all: only the resource limits and the in-process audit hook, "
+    "which determined native code can evade",
+}
 
 
 @functools.lru_cache(maxsize=1)
 def isolation_mode() -> IsolationMode:
     """The strongest OS isolation this machine allows, probed once per process.
 
-    Set ``RTR_SANDBOX_ISOLATION=none`` to skip the probe (e.g. inside a container without
-    ``unshare``); the audit hook and resource limits still apply.
+    ``"bwrap"`` is the only mode that contains a program at the OS layer alone; any other
+    outcome is announced once, loudly (a ``RuntimeWarning`` and an error log record naming the
+    layer fallen back to). Install bubblewrap (Debian package ``bubblewrap``) to get it; as a
+    non-root user it also needs unprivileged user namespaces. Set
+    ``RTR_SANDBOX_ISOLATION`` to ``bwrap``, ``root``, ``userns`` or ``none`` to skip the probe.
     """
+    mode = _probe_mode()
+    if mode != "bwrap":
+        message = (
+            f"PAL sandbox: bubblewrap isolation is not available here; falling back to "
+            f"isolation mode {mode!r} ({_FALLBACK_NOTE[mode]}). Install bubblewrap "
+            f"(apt-get install bubblewrap) to contain programs at the OS layer."
+        )
+        logging.getLogger(__name__).error(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+    return mode
+
+
+def _probe_mode() -> IsolationMode:
     forced = os.environ.get("RTR_SANDBOX_ISOLATION", "").strip().lower()
-    if forced in ("root", "userns", "none"):
+    if forced in ("bwrap", "root", "userns", "none"):
         return forced  # type: ignore[return-value]
-    if not sys.platform.startswith("linux") or shutil.which("unshare") is None:
+    if not sys.platform.startswith("linux"):
+        return "none"
+    if shutil.which("bwrap") is not None and _probe(_prefix("bwrap")):
+        return "bwrap"
+    if shutil.which("unshare") is None:
         return "none"
     root = hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("setpriv") is not None
     if root and _probe(_prefix("root")):
@@ -413,7 +528,7 @@ def run_program(
         extra_path: list[str] = []
         if site_packages:
             paths = sysconfig.get_paths()
-            extra_path = sorted({paths["purelib"], paths["platlib"]})
+            extra_path = sorted({os.path.realpath(paths[key]) for key in ("purelib", "platlib")})
         config = {
             "tmp": tmp,
             "mem": int(memory_mb) * 1024 * 1024,
@@ -422,6 +537,7 @@ def run_program(
             "extra_path": extra_path,
             "packages": bool(site_packages),
             "hook": bool(audit_hook),
+            "drop": _NOBODY if mode == "bwrap" and os.geteuid() == 0 else 0,
             "mark": _ERROR_MARK,
         }
         env = {
@@ -434,10 +550,11 @@ def run_program(
             "OMP_NUM_THREADS": "1",
             "MKL_NUM_THREADS": "1",
         }
-        cmd = [
-            *_prefix(mode),
-            sys.executable, "-I", "-S", "-B", "-X", "utf8", "-c", _WRAPPER, json.dumps(config),
-        ]  # fmt: skip
+        if mode == "bwrap":
+            prefix, python = _bwrap_prefix(tmp, tuple(extra_path)), _interpreter()
+        else:
+            prefix, python = _prefix(mode), sys.executable
+        cmd = [*prefix, python, "-I", "-S", "-B", "-X", "utf8", "-c", _WRAPPER, json.dumps(config)]
         return _supervise(cmd, env, tmp, mode, timeout_s, memory_mb, max_output_bytes, started)
     except Exception as exc:  # noqa: BLE001 - the caller must get a result, not a crash
         return SandboxResult(
