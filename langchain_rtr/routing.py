@@ -372,12 +372,22 @@ class RoutingTables:
     def from_prediction(
         cls, prediction: PredictionLike, questions: Sequence[str], cost_model: CostModel
     ) -> RoutingTables:
-        """Combine a prediction with the cost model."""
+        """Combine a prediction with the cost model; refuse one that is not finite everywhere."""
         costs = cost_model.predicted(prediction, questions)
+        correctness = np.asarray(prediction.correctness, dtype=np.float64)
+        bad = ~np.isfinite(correctness).all(axis=1)
+        if costs.output_tokens is not None:
+            bad |= ~np.isfinite(costs.output_tokens).all(axis=1)
+        if bad.any():
+            raise RoutingError(
+                f"the predictor returned non-finite values (NaN or infinity) for question(s) "
+                f"{np.flatnonzero(bad)[:10].tolist()} of {len(questions)}; refusing to route on "
+                "them (a damaged checkpoint or encoder?)"
+            )
         return cls(
             questions=list(questions),
             pairs=list(cost_model.pairs),
-            correctness=np.asarray(prediction.correctness, dtype=np.float64),
+            correctness=correctness,
             output_tokens=costs.output_tokens,
             usd=costs.usd,
             cost=costs.cost,
@@ -1086,6 +1096,7 @@ class RTRRouter:
         (root / "router.json").write_text(
             json.dumps(self.config(), indent=2) + "\n", encoding="utf-8"
         )
+        importlib.import_module(_DIGESTS).record_digests(root, ["models.json", "router.json"])
         return root
 
     @classmethod
@@ -1107,6 +1118,7 @@ class RTRRouter:
             **predictor_kw: Passed to the default loader.
         """
         root = Path(directory)
+        importlib.import_module(_DIGESTS).verify_digests(root)
         config = _read_json(root / "router.json")
         if config.get("format") != ROUTER_FORMAT:
             raise RoutingError(f"{root / 'router.json'}: not a langchain-rtr router file")
@@ -1161,6 +1173,9 @@ def fit_cost_scale(cost: np.ndarray) -> float:
     if not math.isfinite(scale):
         raise RoutingError("fit_cost_scale: no finite cost to fit on")
     return scale if scale > 0 else 1.0
+
+
+_DIGESTS = "langchain_rtr.predictor.digests"  # imported on use, like the predictor itself
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from langchain_rtr.predictor.digests import record_digests, verify_digests
 from langchain_rtr.predictor.encoder import QuestionEncoder
 from langchain_rtr.predictor.predictor import (
     CheckpointError,
@@ -195,6 +196,7 @@ class CascadePredictor:
         }
         text = json.dumps(config, indent=2)
         _atomic_write(directory / CASCADE_FILE, lambda p: Path(p).write_text(text, "utf-8"))
+        record_digests(directory, [CASCADE_FILE])
 
     @classmethod
     def load(
@@ -217,6 +219,7 @@ class CascadePredictor:
                 was trained with).
         """
         directory = Path(directory)
+        verify_digests(directory)
         path = directory / CASCADE_FILE
         for key in ("encoder", "retrain_on"):
             if kwargs.get(key) is not None:
