@@ -20,6 +20,12 @@ _EXPORTS: dict[str, str] = {
     "RTRError": "langchain_rtr.errors",
     "ConfigError": "langchain_rtr.errors",
     "UnknownPairError": "langchain_rtr.errors",
+    "QuestionTypeError": "langchain_rtr.errors",
+    "QuestionValueError": "langchain_rtr.errors",
+    # the one input gate (see langchain_rtr.inputs for the contract)
+    "check_question": "langchain_rtr.inputs",
+    "check_questions": "langchain_rtr.inputs",
+    "MAX_QUESTION_CHARS": "langchain_rtr.inputs",
     # data files and sets
     "read_records": "langchain_rtr.data.io",
     "write_records": "langchain_rtr.data.io",
@@ -179,7 +185,13 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         read_routerarena,
     )
     from langchain_rtr.data.records import RecordError, RoutingRecord
-    from langchain_rtr.errors import ConfigError, RTRError, UnknownPairError
+    from langchain_rtr.errors import (
+        ConfigError,
+        QuestionTypeError,
+        QuestionValueError,
+        RTRError,
+        UnknownPairError,
+    )
     from langchain_rtr.evaluation import EvaluationReport, evaluate_router, evaluate_routing
     from langchain_rtr.graph import (
         Budget,
@@ -190,6 +202,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         SubtaskResult,
         create_rtr_node,
     )
+    from langchain_rtr.inputs import MAX_QUESTION_CHARS, check_question, check_questions
     from langchain_rtr.models import ModelRegistry, chat_model_for
     from langchain_rtr.predictor import (
         CachedEncoder,

@@ -16,3 +16,19 @@ class UnknownPairError(RTRError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class QuestionTypeError(RTRError, TypeError):
+    """A question (or a batch of them) is not the type expected; ``code`` names the rule."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class QuestionValueError(RTRError, ValueError):
+    """A question is a string the router cannot route (empty, invalid Unicode, too long)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from langchain_rtr.inputs import check_questions
 from langchain_rtr.predictor.digests import record_digests, verify_digests
 from langchain_rtr.predictor.encoder import QuestionEncoder
 from langchain_rtr.predictor.predictor import (
@@ -141,9 +142,7 @@ class CascadePredictor:
 
     def predict(self, questions: Sequence[str]) -> Prediction:
         """Score ``questions`` with the fast predictor, the doubtful ones again with the full."""
-        if isinstance(questions, str):
-            raise PredictorError("predict takes a sequence of questions, not one string")
-        questions = list(questions)
+        questions = check_questions(questions, where="CascadePredictor.predict questions")
         return self.predict_embeddings(self.fast.encoder.encode(questions), questions)
 
     def predict_embeddings(

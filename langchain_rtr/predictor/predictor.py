@@ -25,6 +25,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from langchain_rtr.data.matrix import OutcomeMatrix
+from langchain_rtr.inputs import check_questions
 from langchain_rtr.predictor.digests import record_digests, verify_digests
 from langchain_rtr.predictor.encoder import (
     DEFAULT_ENCODER_ID,
@@ -439,9 +440,8 @@ class RTRPredictor:
 
     def predict(self, questions: Sequence[str]) -> Prediction:
         """Encode ``questions`` (through the encoder's cache) and score every pair."""
-        if isinstance(questions, str):
-            raise PredictorError("predict takes a sequence of questions, not one string")
-        return self.predict_embeddings(self.encoder.encode(list(questions)))
+        questions = check_questions(questions, where="RTRPredictor.predict questions")
+        return self.predict_embeddings(self.encoder.encode(questions))
 
     def predict_embeddings(self, embeddings: np.ndarray) -> Prediction:
         """Score every pair for already-encoded questions ``[n, dim]`` (a single ``[dim]`` too).

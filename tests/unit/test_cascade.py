@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from langchain_rtr.data.matrix import OutcomeMatrix
+from langchain_rtr.errors import QuestionTypeError
 from langchain_rtr.evaluation import evaluate_router
 from langchain_rtr.predictor import CheckpointError, PredictorError, RTRPredictor, TrainConfig
 from langchain_rtr.predictor.cascade import (
@@ -154,7 +155,7 @@ def test_embeddings_alone_suffice_only_when_nothing_is_sent_on(halves) -> None:
         with pytest.raises(PredictorError, match="3 questions for 8 embeddings"):
             chain.predict_embeddings(emb, test.questions[:3])
     assert never.predict_embeddings(emb).correctness.shape == (8, 4)
-    with pytest.raises(PredictorError, match="not one string"):
+    with pytest.raises(QuestionTypeError, match="got one str"):
         cascade.predict("alpha question")
 
 
