@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from langchain_rtr.data.matrix import OutcomeMatrix
+from langchain_rtr.errors import QuestionTypeError
 from langchain_rtr.predictor import (
     DEFAULT_ENCODER_ID,
     FORMAT_VERSION,
@@ -211,7 +212,7 @@ def test_bad_config_and_inputs_are_rejected() -> None:
     predictor = train_fake(planted_matrix(40, seed=9), TrainConfig(hidden=16, max_epochs=2))
     with pytest.raises(PredictorError, match="expected"):
         predictor.predict_embeddings(np.zeros((3, 5), np.float32))
-    with pytest.raises(PredictorError, match="sequence"):
+    with pytest.raises(QuestionTypeError, match="sequence"):  # the one input gate
         predictor.predict("alpha")  # type: ignore[arg-type]
     single = predictor.predict_embeddings(np.zeros(32, np.float32))
     assert single.correctness.shape == (1, 4)
