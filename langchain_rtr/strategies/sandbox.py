@@ -44,7 +44,6 @@ import asyncio
 import contextlib
 import functools
 import json
-import logging
 import os
 import re
 import selectors
@@ -55,9 +54,16 @@ import sys
 import sysconfig
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
-from typing import Literal
+
+from langchain_rtr.strategies.isolation import (
+    NOBODY,
+    IsolationMode,
+    bwrap_prefix,
+    interpreter,
+    isolation_mode,
+    mode_prefix,
+)
 
 __all__ = [
     "PythonSandbox",
@@ -68,9 +74,6 @@ __all__ = [
     "run_program",
 ]
 
-IsolationMode = Literal["bwrap", "root", "userns", "none"]
-
-_NOBODY = 65534
 _STDERR_CAP = 16_000
 _ERROR_MARK = "__RTR_SANDBOX_ERROR__ "
 
@@ -283,151 +286,6 @@ class SandboxResult:
     stderr: str = ""
 
 
-def _interpreter() -> str:
-    """The real interpreter binary (a venv's ``python`` is a link to it; ``-S`` ignores venvs)."""
-    return os.path.realpath(sys.executable)
-
-
-def _probe(cmd: list[str]) -> bool:
-    try:
-        done = subprocess.run(
-            [*cmd, _interpreter(), "-I", "-S", "-c", "pass"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return done.returncode == 0
-
-
-_LIB_DIRS = ("/lib", "/lib64", "/lib32", "/libx32", "/usr/lib", "/usr/lib64", "/usr/lib32")
-_DEVICES = ("/dev/null", "/dev/zero", "/dev/random", "/dev/urandom")
-_WORK_TMPFS_BYTES = 64 * 1024 * 1024
-
-
-def _under(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
-
-
-def _bwrap_prefix(work: str | None = None, readable: tuple[str, ...] = ()) -> list[str]:
-    """The bubblewrap command line: a filesystem of the interpreter's files and nothing else.
-
-    The program's folder ``work`` (the same path as on the host, so messages match) is a
-    directory on a private, size-capped tmpfs ``/tmp``; only ``work/program.py`` comes from
-    the host, read-only. ``readable`` adds folders (site-packages) bound read-only.
-    """
-    root = os.geteuid() == 0
-    args = ["bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts"]
-    args += ["--unshare-cgroup-try", "--die-with-parent", "--new-session"]
-    if root:  # privileged mode: keep only what the wrapper needs to become nobody for good
-        args += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
-    else:
-        args += ["--unshare-user", "--uid", str(_NOBODY), "--gid", str(_NOBODY)]
-    links: list[str] = []
-    binds: list[str] = []
-    for lib in _LIB_DIRS:
-        if os.path.islink(lib):
-            links += ["--symlink", os.readlink(lib), lib]
-        elif os.path.isdir(lib):
-            binds.append(lib)
-    prefix = os.path.realpath(sys.base_prefix)
-    wanted = [os.path.join(prefix, "lib"), os.path.join(prefix, "lib64"), _interpreter()]
-    for path in (*wanted, *readable):
-        real = os.path.realpath(path)
-        if os.path.exists(real) and not any(_under(real, b) for b in binds):
-            binds.append(real)
-    binds.sort(key=len)
-    dirs: set[str] = set()
-    for path in binds:
-        parent = os.path.dirname(path)
-        while parent not in ("/", "") and not any(_under(parent, b) for b in binds):
-            dirs.add(parent)
-            parent = os.path.dirname(parent)
-    for folder in sorted(dirs, key=len):  # created world-traversable, whatever the host's mode
-        args += ["--perms", "0755", "--dir", folder]
-    for path in binds:
-        args += ["--ro-bind", path, path]
-    args += links
-    args += ["--proc", "/proc", "--perms", "0755", "--tmpfs", "/dev"]
-    for device in _DEVICES:
-        args += ["--dev-bind", device, device]
-    args += ["--size", str(_WORK_TMPFS_BYTES), "--perms", "1777", "--tmpfs", "/tmp"]
-    if work is not None:
-        parent = os.path.dirname(work)
-        while parent not in ("/", "/tmp", ""):
-            args += ["--perms", "0755", "--dir", parent]
-            parent = os.path.dirname(parent)
-        program = os.path.join(work, "program.py")
-        args += ["--perms", "0777", "--dir", work, "--ro-bind", program, program, "--chdir", work]
-    return [*args, "--"]
-
-
-def _prefix(mode: IsolationMode) -> list[str]:
-    if mode == "root":
-        return [
-            "unshare", "--net", "--",
-            "setpriv", f"--reuid={_NOBODY}", f"--regid={_NOBODY}", "--clear-groups", "--",
-        ]  # fmt: skip
-    if mode == "userns":
-        return ["unshare", "--user", "--map-root-user", "--net", "--"]
-    if mode == "bwrap":
-        return _bwrap_prefix()
-    return []
-
-
-_FALLBACK_NOTE = {
-    "root": "a network namespace and uid nobody only: the program can read world-readable "
-    "host files and see host processes",
-    "userns": "a network namespace only, with the caller's own file permissions: the program "
-    "can read and write what the caller can",
-    "none": "no OS isolation at all: only the resource limits and the in-process audit hook, "
-    "which determined native code can evade",
-}
-
-
-@functools.lru_cache(maxsize=1)
-def isolation_mode() -> IsolationMode:
-    """The strongest OS isolation this machine allows, probed once per process.
-
-    ``"bwrap"`` is the only mode that contains a program at the OS layer alone; any other
-    outcome is announced once, loudly (a ``RuntimeWarning`` and an error log record naming the
-    layer fallen back to). Install bubblewrap (Debian package ``bubblewrap``) to get it; as a
-    non-root user it also needs unprivileged user namespaces. Set
-    ``RTR_SANDBOX_ISOLATION`` to ``bwrap``, ``root``, ``userns`` or ``none`` to skip the probe.
-    """
-    mode = _probe_mode()
-    if mode != "bwrap":
-        message = (
-            f"PAL sandbox: bubblewrap isolation is not available here; falling back to "
-            f"isolation mode {mode!r} ({_FALLBACK_NOTE[mode]}). Install bubblewrap "
-            f"(apt-get install bubblewrap) to contain programs at the OS layer."
-        )
-        logging.getLogger(__name__).error(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=2)
-    return mode
-
-
-def _probe_mode() -> IsolationMode:
-    forced = os.environ.get("RTR_SANDBOX_ISOLATION", "").strip().lower()
-    if forced in ("bwrap", "root", "userns", "none"):
-        return forced  # type: ignore[return-value]
-    if not sys.platform.startswith("linux"):
-        return "none"
-    if shutil.which("bwrap") is not None and _probe(_prefix("bwrap")):
-        return "bwrap"
-    if shutil.which("unshare") is None:
-        return "none"
-    root = hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("setpriv") is not None
-    if root and _probe(_prefix("root")):
-        return "root"
-    if _probe(_prefix("userns")):
-        return "userns"
-    return "none"
-
-
 _FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+\-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
 
 
@@ -523,8 +381,8 @@ def run_program(
         with open(os.path.join(tmp, "program.py"), "w", encoding="utf-8") as fh:
             fh.write(code)
         if mode == "root":
-            os.chown(tmp, _NOBODY, _NOBODY)
-            os.chown(os.path.join(tmp, "program.py"), _NOBODY, _NOBODY)
+            os.chown(tmp, NOBODY, NOBODY)
+            os.chown(os.path.join(tmp, "program.py"), NOBODY, NOBODY)
         extra_path: list[str] = []
         if site_packages:
             paths = sysconfig.get_paths()
@@ -537,7 +395,7 @@ def run_program(
             "extra_path": extra_path,
             "packages": bool(site_packages),
             "hook": bool(audit_hook),
-            "drop": _NOBODY if mode == "bwrap" and os.geteuid() == 0 else 0,
+            "drop": NOBODY if mode == "bwrap" and os.geteuid() == 0 else 0,
             "mark": _ERROR_MARK,
         }
         env = {
@@ -551,9 +409,9 @@ def run_program(
             "MKL_NUM_THREADS": "1",
         }
         if mode == "bwrap":
-            prefix, python = _bwrap_prefix(tmp, tuple(extra_path)), _interpreter()
+            prefix, python = bwrap_prefix(tmp, tuple(extra_path)), interpreter()
         else:
-            prefix, python = _prefix(mode), sys.executable
+            prefix, python = mode_prefix(mode), sys.executable
         cmd = [*prefix, python, "-I", "-S", "-B", "-X", "utf8", "-c", _WRAPPER, json.dumps(config)]
         return _supervise(cmd, env, tmp, mode, timeout_s, memory_mb, max_output_bytes, started)
     except Exception as exc:  # noqa: BLE001 - the caller must get a result, not a crash
