@@ -15,6 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 setup: $(VENV)/.installed
+	bash scripts/install_bubblewrap.sh
 
 # The integration tests' real model servers: vLLM's CPU build in its own venv + SmolLM2-135M.
 servers:

@@ -21,6 +21,12 @@ _EXPORTS: dict[str, str] = {
     "ConfigError": "langchain_rtr.errors",
     "UnknownPairError": "langchain_rtr.errors",
     "KnobTypeError": "langchain_rtr.errors",
+    "QuestionTypeError": "langchain_rtr.errors",
+    "QuestionValueError": "langchain_rtr.errors",
+    # the one input gate (see langchain_rtr.inputs for the contract)
+    "check_question": "langchain_rtr.inputs",
+    "check_questions": "langchain_rtr.inputs",
+    "MAX_QUESTION_CHARS": "langchain_rtr.inputs",
     # data files and sets
     "read_records": "langchain_rtr.data.io",
     "write_records": "langchain_rtr.data.io",
@@ -86,6 +92,7 @@ _EXPORTS: dict[str, str] = {
     "run_program": "langchain_rtr.strategies",
     "arun_program": "langchain_rtr.strategies",
     "SandboxResult": "langchain_rtr.strategies",
+    "isolation_mode": "langchain_rtr.strategies",
     # live dispatch
     "ModelsFile": "langchain_rtr.config",
     "load_models_file": "langchain_rtr.config",
@@ -185,7 +192,14 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     )
     from langchain_rtr.data.records import RecordError, RoutingRecord
     from langchain_rtr.dispatch import Attempt, CallRequest, DispatchEngine
-    from langchain_rtr.errors import ConfigError, KnobTypeError, RTRError, UnknownPairError
+    from langchain_rtr.errors import (
+        ConfigError,
+        KnobTypeError,
+        QuestionTypeError,
+        QuestionValueError,
+        RTRError,
+        UnknownPairError,
+    )
     from langchain_rtr.evaluation import EvaluationReport, evaluate_router, evaluate_routing
     from langchain_rtr.graph import (
         Budget,
@@ -196,6 +210,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         SubtaskResult,
         create_rtr_node,
     )
+    from langchain_rtr.inputs import MAX_QUESTION_CHARS, check_question, check_questions
     from langchain_rtr.knobs import Knobs, parse_knobs
     from langchain_rtr.models import ModelRegistry, chat_model_for
     from langchain_rtr.predictor import (
@@ -253,6 +268,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         get_strategy,
         grade,
         is_equivalent,
+        isolation_mode,
         list_strategies,
         register_strategy,
         run_program,

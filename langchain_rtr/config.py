@@ -7,6 +7,7 @@ starts a local vLLM server for it. Example (see ``examples/models.cpu.yaml``)::
     serve_defaults:              # optional, merged under every model's serve section
       python: ../.venv-vllm/bin/python
       env: {VLLM_CPU_KVCACHE_SPACE: 1}
+    timeouts: {connect_s: 3, first_byte_s: 10}   # optional, for models without their own
     models:
       - name: smol-a
         description: SmolLM2 135M instruct; answers easy questions only.
@@ -14,7 +15,8 @@ starts a local vLLM server for it. Example (see ``examples/models.cpu.yaml``)::
         output_price: 0.04       # $ per million output tokens
         max_tokens: 512
         reasoning: false
-        # base_url defaults to http://<host>:<port>/v1 of the serve section
+        first_byte_timeout_s: 30  # optional; see langchain_rtr.models for the defaults
+        # base_url (an http(s) URL) defaults to http://<host>:<port>/v1 of the serve section
         serve:
           model: ../.cache/models/SmolLM2-135M-Instruct   # a path or a Hugging Face id
           port: 8001
@@ -34,6 +36,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -140,7 +143,30 @@ class ModelEntry(BaseModel):
     )
     max_tokens: int | None = Field(default=None, gt=0)
     reasoning: bool = False
+    connect_timeout_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    first_byte_timeout_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     serve: ServeConfig | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            parts = urlsplit(value)
+            port_ok = parts.port is None or parts.port > 0
+        except ValueError:
+            port_ok = False
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or not port_ok
+            or any(c.isspace() for c in value)
+        ):
+            raise ValueError(
+                f"base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, got {value!r}"
+            )
+        return value
 
     def to_spec(self) -> ModelSpec:
         """The router's view of this entry; the base URL comes from ``serve`` when not given."""
@@ -160,13 +186,25 @@ class ModelEntry(BaseModel):
             api_key=api_key,
             max_tokens=self.max_tokens,
             reasoning=self.reasoning,
+            connect_timeout_s=self.connect_timeout_s,
+            first_byte_timeout_s=self.first_byte_timeout_s,
         )
+
+
+class Timeouts(BaseModel):
+    """The models file's ``timeouts:`` section: defaults for every model without its own."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    connect_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    first_byte_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
 
 class _FileModel(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     serve_defaults: dict[str, Any] = Field(default_factory=dict)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
     models: list[ModelEntry] = Field(min_length=1)
 
 
@@ -239,9 +277,14 @@ def load_models_file(path: str | os.PathLike[str]) -> ModelsFile:
     """
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        data = file.read_bytes()
     except OSError as exc:
         raise ModelsFileError(str(file), [f"cannot read: {exc.strerror or exc}"]) from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        problem = f"{file}: not valid UTF-8 at byte offset {exc.start}; expected UTF-8 YAML"
+        raise ModelsFileError(str(file), [problem]) from None
     return parse_models_file(text, source=str(file), base_dir=file.resolve().parent, path=file)
 
 
@@ -302,6 +345,10 @@ def parse_models_file(
                 )
             binds.setdefault(bind, entry.name)
             entry = entry.model_copy(update={"serve": _resolve_paths(entry.serve, base_dir)})
+        if entry.connect_timeout_s is None and parsed.timeouts.connect_s is not None:
+            entry = entry.model_copy(update={"connect_timeout_s": parsed.timeouts.connect_s})
+        if entry.first_byte_timeout_s is None and parsed.timeouts.first_byte_s is not None:
+            entry = entry.model_copy(update={"first_byte_timeout_s": parsed.timeouts.first_byte_s})
         entries.append(entry)
     if problems:
         raise ModelsFileError(source, problems)

@@ -33,3 +33,19 @@ class RoutingError(RTRError, ValueError):
 
 class NotCalibratedError(RoutingError):
     """A policy or router needs fitting on validation questions before it can route."""
+
+
+class QuestionTypeError(RTRError, TypeError):
+    """A question (or a batch of them) is not the type expected; ``code`` names the rule."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class QuestionValueError(RTRError, ValueError):
+    """A question is a string the router cannot route (empty, invalid Unicode, too long)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code

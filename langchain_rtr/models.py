@@ -4,22 +4,35 @@ A spec with a `base_url` becomes a `ChatOpenAI` pointed at an OpenAI-compatible 
 llama.cpp, a hosted API). Usage reporting is switched on for streaming too, because with a custom
 `base_url` langchain-openai leaves it off, and without it `get_usage_metadata_callback()` would
 miss every streamed answer. Retries are kept low: the router's own fallback to the next-best pair
-is a better use of a failing endpoint's time than retrying it.
+is a better use of a failing endpoint's time than retrying it. Every call streams (``invoke``
+too) under a connect and a time-to-first-byte bound (:func:`backend_timeout`), so a backend that
+accepts and never answers is a quick endpoint failure rather than a client held for minutes.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.language_models import BaseChatModel
 
 from langchain_rtr.errors import ConfigError, UnknownPairError
 from langchain_rtr.specs import ModelSpec
 
-DEFAULT_TIMEOUT_S = 120.0
-"""Seconds a single request may take before the router falls back to the next pair."""
+if TYPE_CHECKING:
+    import openai
+
+DEFAULT_CONNECT_TIMEOUT_S = 3.0
+"""Seconds to open a connection to a backend (a spec's ``connect_timeout_s`` overrides it)."""
+
+DEFAULT_FIRST_BYTE_TIMEOUT_S = 10.0
+"""Seconds a backend may stay silent: to the first byte of its answer, and between any two
+bytes after (a spec's ``first_byte_timeout_s`` overrides it). Clients stream every call, even
+``invoke``, so the first byte is the first token, not the end of a long answer."""
+
+WRITE_TIMEOUT_S = 10.0
+"""Seconds to send a request (questions are small; a stalled upload is a failed endpoint)."""
 
 DEFAULT_MAX_RETRIES = 1
 """Client-level retries per request; the router falls back across pairs beyond that."""
@@ -33,7 +46,7 @@ def chat_model_for(spec: ModelSpec, **overrides: Any) -> BaseChatModel:
             talks to api.openai.com with `OPENAI_API_KEY`), `served_name` the name the server
             knows it by.
         **overrides: Any `ChatOpenAI` field (e.g. `timeout`, `max_retries`, `temperature`);
-            they win over the defaults derived from the spec.
+            they win over the defaults derived from the spec (see :func:`backend_timeout`).
 
     Returns:
         A `ChatOpenAI` with `stream_usage=True`. `max_tokens` is not set on the client: the
@@ -44,8 +57,9 @@ def chat_model_for(spec: ModelSpec, **overrides: Any) -> BaseChatModel:
     kwargs: dict[str, Any] = {
         "model": spec.served_name or spec.name,
         "stream_usage": True,
+        "streaming": True,  # invoke streams too: the read timeout then bounds time to first token
         "max_retries": DEFAULT_MAX_RETRIES,
-        "timeout": DEFAULT_TIMEOUT_S,
+        "timeout": backend_timeout(spec),
     }
     if spec.base_url:
         kwargs["base_url"] = spec.base_url
@@ -55,6 +69,22 @@ def chat_model_for(spec: ModelSpec, **overrides: Any) -> BaseChatModel:
         kwargs["api_key"] = spec.api_key
     kwargs.update(overrides)
     return ChatOpenAI(**kwargs)
+
+
+def backend_timeout(spec: ModelSpec) -> openai.Timeout:
+    """The spec's connect and first-byte bounds as the OpenAI client's ``Timeout``.
+
+    ``openai.Timeout`` is the timeout of the HTTP library the SDK is built on (httpx's API); its
+    read timeout is the longest wait for the next bytes of a response, so on a streamed
+    call it bounds the time to the first token and every stall after it. A hung backend (one that
+    accepts and never answers) fails within ``(1 + max_retries) * (connect + first byte)`` as
+    an ``openai.APITimeoutError``, which the router treats as an endpoint failure and falls back.
+    """
+    import openai  # with the client, not when this module is imported
+
+    connect = spec.connect_timeout_s or DEFAULT_CONNECT_TIMEOUT_S
+    first_byte = spec.first_byte_timeout_s or DEFAULT_FIRST_BYTE_TIMEOUT_S
+    return openai.Timeout(connect=connect, read=first_byte, write=WRITE_TIMEOUT_S, pool=connect)
 
 
 class ModelRegistry(Mapping[str, BaseChatModel]):

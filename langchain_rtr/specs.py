@@ -26,6 +26,15 @@ class ModelSpec(BaseModel):
     api_key: str | None = None
     max_tokens: int | None = Field(default=None, gt=0)
     reasoning: bool = Field(default=False, description="Whether it can think (thinking on/off).")
+    connect_timeout_s: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False, description="Seconds to connect; None: default."
+    )
+    first_byte_timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="Seconds to the first byte of the answer, and between bytes; None: default.",
+    )
 
     @property
     def mean_price(self) -> float:

@@ -434,8 +434,10 @@ def route(
     as_json: Annotated[bool, typer.Option("--json", help="Print the decision as JSON.")] = False,
 ) -> None:
     """Print a question's routing table and the chosen pair."""
+    from langchain_rtr.inputs import check_question
     from langchain_rtr.routing import RTRRouter
 
+    question = check_question(question, where="rtr route QUESTION")  # before loading anything
     policy = _policy(lam, max_tokens, floor, confidence)
     router = RTRRouter.load(router_dir)
     allowed = _parse_pairs(allow)

@@ -109,6 +109,41 @@ def located(file: object, line: int | None, problem: str, *, row: bool = False) 
     return RecordError(f"{where}: {problem}")
 
 
+def read_utf8(file: Path | Traversable) -> str:
+    """A whole file as text, decoded as UTF-8.
+
+    Bytes that are not UTF-8 are a :class:`RecordError` naming the file and the byte offset
+    (not a bare ``UnicodeDecodeError`` that names neither).
+    """
+    data = file.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise located(file, None, _not_utf8(exc, 0)) from None
+
+
+def utf8_lines(path: Path, sink: RowSink) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each line of a UTF-8 text file, read as bytes.
+
+    A line that is not valid UTF-8 goes to ``sink`` (raised, or skipped with the rest kept)
+    with its byte offset in the file; the following lines still decode.
+    """
+    offset = 0
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                yield line_no, raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                sink.bad(path, line_no, _not_utf8(exc, offset))
+            offset += len(raw)
+
+
+def _not_utf8(exc: UnicodeDecodeError, offset: int) -> str:
+    bad = exc.object[exc.start : exc.start + 4]
+    at = offset + exc.start
+    return f"not valid UTF-8 at byte offset {at} ({bytes(bad)!r}); expected UTF-8 text"
+
+
 class RowSink:
     """Collects skipped rows for a reader, or raises at the first bad one.
 
@@ -202,25 +237,23 @@ def read_records(path: PathLike, *, skip_bad: bool = False) -> ReadResult:
 
 
 def _read_jsonl(path: Path, sink: RowSink) -> Iterator[RoutingRecord]:
-    with path.open("r", encoding="utf-8", newline="") as f:
-        line_no = 0
-        for line_no, raw in enumerate(f, start=1):  # noqa: B007 - used after the loop
-            line = raw.strip()
-            if not line:
-                continue  # blank lines separate nothing in JSONL; they hold no row
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                truncated = not raw.endswith("\n")
-                hint = " (the file looks truncated)" if truncated else ""
-                sink.bad(path, line_no, f"bad JSON: {exc.msg} at column {exc.colno}{hint}")
-                continue
-            if not isinstance(row, dict):
-                sink.bad(path, line_no, f"expected a JSON object, got {type(row).__name__}")
-                continue
-            record = _record_or_none(row, path, line_no, sink)
-            if record is not None:
-                yield record
+    for line_no, raw in utf8_lines(path, sink):
+        line = raw.strip()
+        if not line:
+            continue  # blank lines separate nothing in JSONL; they hold no row
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            truncated = not raw.endswith("\n")
+            hint = " (the file looks truncated)" if truncated else ""
+            sink.bad(path, line_no, f"bad JSON: {exc.msg} at column {exc.colno}{hint}")
+            continue
+        if not isinstance(row, dict):
+            sink.bad(path, line_no, f"expected a JSON object, got {type(row).__name__}")
+            continue
+        record = _record_or_none(row, path, line_no, sink)
+        if record is not None:
+            yield record
 
 
 def _record_or_none(
@@ -353,7 +386,7 @@ def load_routing_set(directory: Folder, *, name: str | None = None) -> RoutingSe
         raise located(strategies_file, None, "expected a JSON object of name -> description")
 
     attribution_file = folder / ATTRIBUTION_FILE
-    attribution = attribution_file.read_text(encoding="utf-8") if attribution_file.is_file() else ""
+    attribution = read_utf8(attribution_file) if attribution_file.is_file() else ""
     try:
         return RoutingSet(set_name, records, models, strategies, attribution)
     except ValueError as exc:
@@ -364,6 +397,6 @@ def _read_json(file: Path | Traversable) -> Any:
     if not file.is_file():
         raise located(file, None, "missing")
     try:
-        return json.loads(file.read_text(encoding="utf-8"))
+        return json.loads(read_utf8(file))
     except json.JSONDecodeError as exc:
         raise located(file, exc.lineno, f"bad JSON: {exc.msg}") from exc

@@ -17,6 +17,7 @@ passes a ``skipped`` list: then bad rows are appended there (and left out) so th
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
@@ -25,7 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from langchain_rtr.data.io import PathLike, RowSink, SkippedRow, located
+from langchain_rtr.data.io import PathLike, RowSink, SkippedRow, located, read_utf8, utf8_lines
 from langchain_rtr.data.matrix import RoutingSet
 from langchain_rtr.data.records import RecordError, RoutingRecord
 from langchain_rtr.specs import ModelSpec
@@ -120,7 +121,7 @@ def _csv_rows(
     Line numbers are physical lines: a quoted field spanning lines moves the next row down. The
     row index counts every data row, skipped ones too, so ids built from it are stable.
     """
-    f = path.open("r", encoding="utf-8", newline="")
+    f = io.StringIO(read_utf8(path), newline="")
     reader = csv.reader(f, strict=True)
     try:
         header = next(reader)
@@ -332,7 +333,7 @@ _ROUTELLM_ATTRIBUTION = (
 
 def _json_array_items(path: Path) -> Iterator[tuple[int, Any]]:
     """(line, item) for each element of a top-level JSON array, with the line it starts on."""
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path)
     decoder = json.JSONDecoder()
     lines = _LineCounter(text)
     pos = _skip_ws(text, 0)
@@ -398,7 +399,7 @@ def read_llmrouter_models(llm_json: PathLike) -> dict[str, ModelSpec]:
     """
     path = Path(llm_json)
     try:
-        table = json.loads(path.read_text(encoding="utf-8"))
+        table = json.loads(read_utf8(path))
     except json.JSONDecodeError as exc:
         raise located(path, exc.lineno, f"bad JSON: {exc.msg}") from exc
     if not isinstance(table, dict):
@@ -496,7 +497,7 @@ def read_model_costs(model_cost_json: PathLike) -> dict[str, tuple[float, float]
     """RouterArena's price table: model -> ($ per M input tokens, $ per M output tokens)."""
     path = Path(model_cost_json)
     try:
-        table = json.loads(path.read_text(encoding="utf-8"))
+        table = json.loads(read_utf8(path))
     except json.JSONDecodeError as exc:
         raise located(path, exc.lineno, f"bad JSON: {exc.msg}") from exc
     if not isinstance(table, dict):
@@ -562,34 +563,31 @@ def read_routerarena(
     for raw_path in jsonl_paths:
         path = Path(raw_path)
         rows: dict[str, tuple[int, RoutingRecord]] = {}
-        with path.open("r", encoding="utf-8", newline="") as f:
-            for line_no, raw in enumerate(f, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    item = json.loads(raw)
-                except json.JSONDecodeError as exc:
-                    hint = " (the file looks truncated)" if not raw.endswith("\n") else ""
-                    sink.bad(path, line_no, f"bad JSON: {exc.msg} at column {exc.colno}{hint}")
-                    continue
-                try:
-                    index, record = _arena_record(item, prices, clip_scores)
-                    if index in rows:
-                        raise RecordError(
-                            f"global_index {index!r} already on line {rows[index][0]}"
-                        )
-                except RecordError as exc:
-                    sink.bad(path, line_no, str(exc))
-                    continue
-                if record.model not in models:
-                    input_price, output_price = prices[record.model]
-                    models[record.model] = ModelSpec(
-                        name=record.model,
-                        description=texts.get(record.model, f"The model {record.model}."),
-                        input_price=input_price,
-                        output_price=output_price,
-                    )
-                rows[index] = (line_no, record)
+        for line_no, raw in utf8_lines(path, sink):
+            if not raw.strip():
+                continue
+            try:
+                item = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                hint = " (the file looks truncated)" if not raw.endswith("\n") else ""
+                sink.bad(path, line_no, f"bad JSON: {exc.msg} at column {exc.colno}{hint}")
+                continue
+            try:
+                index, record = _arena_record(item, prices, clip_scores)
+                if index in rows:
+                    raise RecordError(f"global_index {index!r} already on line {rows[index][0]}")
+            except RecordError as exc:
+                sink.bad(path, line_no, str(exc))
+                continue
+            if record.model not in models:
+                input_price, output_price = prices[record.model]
+                models[record.model] = ModelSpec(
+                    name=record.model,
+                    description=texts.get(record.model, f"The model {record.model}."),
+                    input_price=input_price,
+                    output_price=output_price,
+                )
+            rows[index] = (line_no, record)
         per_file.append((path, rows))
 
     # Join: a question counts only when every file has it; one that some file lacks is an

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from langchain_rtr.inputs import check_questions
+from langchain_rtr.predictor.digests import record_digests, verify_digests
 from langchain_rtr.predictor.encoder import QuestionEncoder
 from langchain_rtr.predictor.predictor import (
     CheckpointError,
@@ -140,9 +142,7 @@ class CascadePredictor:
 
     def predict(self, questions: Sequence[str]) -> Prediction:
         """Score ``questions`` with the fast predictor, the doubtful ones again with the full."""
-        if isinstance(questions, str):
-            raise PredictorError("predict takes a sequence of questions, not one string")
-        questions = list(questions)
+        questions = check_questions(questions, where="CascadePredictor.predict questions")
         return self.predict_embeddings(self.fast.encoder.encode(questions), questions)
 
     def predict_embeddings(
@@ -195,6 +195,7 @@ class CascadePredictor:
         }
         text = json.dumps(config, indent=2)
         _atomic_write(directory / CASCADE_FILE, lambda p: Path(p).write_text(text, "utf-8"))
+        record_digests(directory, [CASCADE_FILE])
 
     @classmethod
     def load(
@@ -217,6 +218,7 @@ class CascadePredictor:
                 was trained with).
         """
         directory = Path(directory)
+        verify_digests(directory)
         path = directory / CASCADE_FILE
         for key in ("encoder", "retrain_on"):
             if kwargs.get(key) is not None:

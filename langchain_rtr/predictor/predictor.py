@@ -25,6 +25,8 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from langchain_rtr.data.matrix import OutcomeMatrix
+from langchain_rtr.inputs import check_questions
+from langchain_rtr.predictor.digests import record_digests, verify_digests
 from langchain_rtr.predictor.encoder import (
     DEFAULT_ENCODER_ID,
     CachedEncoder,
@@ -438,9 +440,8 @@ class RTRPredictor:
 
     def predict(self, questions: Sequence[str]) -> Prediction:
         """Encode ``questions`` (through the encoder's cache) and score every pair."""
-        if isinstance(questions, str):
-            raise PredictorError("predict takes a sequence of questions, not one string")
-        return self.predict_embeddings(self.encoder.encode(list(questions)))
+        questions = check_questions(questions, where="RTRPredictor.predict questions")
+        return self.predict_embeddings(self.encoder.encode(questions))
 
     def predict_embeddings(self, embeddings: np.ndarray) -> Prediction:
         """Score every pair for already-encoded questions ``[n, dim]`` (a single ``[dim]`` too).
@@ -551,6 +552,7 @@ class RTRPredictor:
         )
         text = json.dumps(config, indent=2, allow_nan=True)
         _atomic_write(directory / CONFIG_FILE, lambda path: Path(path).write_text(text, "utf-8"))
+        record_digests(directory, [WEIGHTS_FILE, CONFIG_FILE])
 
     @classmethod
     def load(
@@ -581,11 +583,12 @@ class RTRPredictor:
             progress: Epoch callback of that retraining.
 
         Raises:
-            CheckpointError: Files missing or malformed, another format version, other models or
-                strategies than expected, or an encoder whose id or size differ (without
-                ``retrain_on``).
+            CheckpointError: Files missing, malformed or changed since they were saved (their
+                recorded sha256 differs), another format version, other models or strategies
+                than expected, or an encoder whose id or size differ (without ``retrain_on``).
         """
         directory = Path(directory)
+        verify_digests(directory)
         config = _read_config(directory)
         version = config.get("format_version")
         if config.get("format") != FORMAT_NAME or version != FORMAT_VERSION:

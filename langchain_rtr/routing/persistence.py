@@ -38,6 +38,9 @@ def router_config(router: RTRRouter) -> dict[str, Any]:
     }
 
 
+_DIGESTS = "langchain_rtr.predictor.digests"  # imported on use, like the predictor itself
+
+
 def save_router(router: RTRRouter, directory: str | Path) -> Path:
     """Write ``predictor/`` (the checkpoint), ``models.json`` and ``router.json``.
 
@@ -55,6 +58,7 @@ def save_router(router: RTRRouter, directory: str | Path) -> Path:
     (root / "router.json").write_text(
         json.dumps(router_config(router), indent=2) + "\n", encoding="utf-8"
     )
+    importlib.import_module(_DIGESTS).record_digests(root, ["models.json", "router.json"])
     return root
 
 
@@ -75,6 +79,7 @@ def load_router(
         **predictor_kw: Passed to the default loader.
     """
     root = Path(directory)
+    importlib.import_module(_DIGESTS).verify_digests(root)
     config = _read_json(root / "router.json")
     if config.get("format") != ROUTER_FORMAT:
         raise RoutingError(f"{root / 'router.json'}: not a langchain-rtr router file")

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from langchain_rtr.errors import NotCalibratedError, RoutingError
+from langchain_rtr.inputs import check_question, check_questions
 from langchain_rtr.routing.costs import CostModel, check_cost_unit
 from langchain_rtr.routing.policies import AverageBudget, Policy, Tradeoff
 from langchain_rtr.routing.tables import RoutingTable, RoutingTables
@@ -220,13 +221,13 @@ class RTRRouter:
         return RoutingTables.from_prediction(prediction, questions, self.cost_model)
 
     def tables(self, questions: Sequence[str]) -> RoutingTables:
-        """Predict and build the routing tables of a batch."""
-        questions = list(questions)
+        """Predict and build the routing tables of a batch (every question checked first)."""
+        questions = check_questions(questions, where="questions")
         return self.tables_from_prediction(self.predictor.predict(questions), questions)
 
     def table(self, question: str) -> RoutingTable:
         """Predict and build one question's routing table."""
-        return self.tables([question])[0]
+        return self.tables([check_question(question, where="question")])[0]
 
     # -- routing ---------------------------------------------------------------------------
 
@@ -289,6 +290,7 @@ class RTRRouter:
         allowed: Iterable[PairSelector] | None = None,
     ) -> Decision:
         """Pick a pair for one question."""
+        question = check_question(question, where="RTRRouter.route question")
         mask = self.allowed_mask(allowed)  # validate before paying for predict()
         return self.decide(self.tables([question]), policy, mask)[0]
 
@@ -299,6 +301,7 @@ class RTRRouter:
         allowed: Iterable[PairSelector] | None = None,
     ) -> list[Decision]:
         """Pick a pair for each question (one predictor call for the batch)."""
+        questions = check_questions(questions, where="RTRRouter.route_batch questions")
         mask = self.allowed_mask(allowed)
         return self.decide(self.tables(questions), policy, mask)
 

@@ -119,12 +119,22 @@ class RoutingTables:
     def from_prediction(
         cls, prediction: PredictionLike, questions: Sequence[str], cost_model: CostModel
     ) -> RoutingTables:
-        """Combine a prediction with the cost model."""
+        """Combine a prediction with the cost model; refuse one that is not finite everywhere."""
         costs = cost_model.predicted(prediction, questions)
+        correctness = np.asarray(prediction.correctness, dtype=np.float64)
+        bad = ~np.isfinite(correctness).all(axis=1)
+        if costs.output_tokens is not None:
+            bad |= ~np.isfinite(costs.output_tokens).all(axis=1)
+        if bad.any():
+            raise RoutingError(
+                f"the predictor returned non-finite values (NaN or infinity) for question(s) "
+                f"{np.flatnonzero(bad)[:10].tolist()} of {len(questions)}; refusing to route on "
+                "them (a damaged checkpoint or encoder?)"
+            )
         return cls(
             questions=list(questions),
             pairs=list(cost_model.pairs),
-            correctness=np.asarray(prediction.correctness, dtype=np.float64),
+            correctness=correctness,
             output_tokens=costs.output_tokens,
             usd=costs.usd,
             cost=costs.cost,

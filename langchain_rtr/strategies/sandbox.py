@@ -2,13 +2,23 @@
 
 Layers, outermost first:
 
-1. **OS isolation** (chosen once per process, see :func:`isolation_mode`):
+1. **OS isolation** (chosen once per process, see :func:`isolation_mode`), strongest first:
+   - ``bwrap``: bubblewrap gives the program its own mount, PID, IPC, UTS and network
+     namespaces. Its filesystem holds only the interpreter and the system libraries it links
+     against (read-only, ``nosuid``), a minimal ``/dev`` (null, zero, random, urandom), its own
+     ``/proc``, and a private ``/tmp`` whose only entry is the program's writable folder: no
+     ``/home``, no host ``/tmp`` or ``/dev/shm``, no host process visible or signallable, no
+     network (not even loopback). It runs as ``nobody``: as root, bubblewrap keeps only
+     ``CAP_SETUID``/``CAP_SETGID`` and the wrapper drops to ``nobody`` for good (so the host
+     sees ``nobody`` and ``RLIMIT_NPROC`` binds); otherwise a user namespace maps ``nobody`` to
+     the caller.
    - ``root``: ``unshare -n`` (a network namespace with no interfaces) and ``setpriv`` to
-     ``nobody`` with no groups, so the program cannot write the caller's files and
-     ``RLIMIT_NPROC`` applies (it does not limit root);
+     ``nobody`` with no groups; host files stay readable.
    - ``userns``: unprivileged ``unshare --user --map-root-user -n`` (no network; the caller's
-     own file permissions);
+     own file permissions).
    - ``none``: a plain child process; only layers 2-3 apply.
+   Anything weaker than ``bwrap`` is announced once per process with a ``RuntimeWarning`` (and
+   a log record) naming the layer in use.
 2. **Resource limits**, set by the wrapper before any model code runs (after the uid drop, since
    ``RLIMIT_NPROC=0`` set earlier would make the ``execve`` after ``setuid`` fail):
    ``RLIMIT_AS`` (memory), ``RLIMIT_CPU``, ``RLIMIT_NPROC=0`` (no fork, no threads),
@@ -45,7 +55,15 @@ import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Literal
+
+from langchain_rtr.strategies.isolation import (
+    NOBODY,
+    IsolationMode,
+    bwrap_prefix,
+    interpreter,
+    isolation_mode,
+    mode_prefix,
+)
 
 __all__ = [
     "PythonSandbox",
@@ -56,9 +74,6 @@ __all__ = [
     "run_program",
 ]
 
-IsolationMode = Literal["root", "userns", "none"]
-
-_NOBODY = 65534
 _STDERR_CAP = 16_000
 _ERROR_MARK = "__RTR_SANDBOX_ERROR__ "
 
@@ -70,6 +85,10 @@ def _rtr_setup():
     import posix, resource, builtins
     cfg = json.loads(sys.argv[1])
     tmp = cfg["tmp"]
+    if cfg["drop"]:
+        posix.setgroups([])
+        posix.setgid(cfg["drop"])
+        posix.setuid(cfg["drop"])
     for name, value in (("RLIMIT_AS", cfg["mem"]), ("RLIMIT_CPU", cfg["cpu"]),
                         ("RLIMIT_FSIZE", cfg["fsize"]), ("RLIMIT_NOFILE", 64),
                         ("RLIMIT_CORE", 0), ("RLIMIT_NPROC", 0)):
@@ -254,7 +273,7 @@ class SandboxResult:
         error: Why it failed, in one readable line; None when ``ok``.
         duration_s: Wall-clock seconds from start to the end of the child.
         exit_code: The child's exit status (negative: killed by that signal); None if not run.
-        isolation: The OS layer that was used ("root", "userns" or "none").
+        isolation: The OS layer that was used ("bwrap", "root", "userns" or "none").
         stderr: The tail of what it wrote to stderr (for debugging).
     """
 
@@ -265,52 +284,6 @@ class SandboxResult:
     exit_code: int | None = None
     isolation: str = "none"
     stderr: str = ""
-
-
-def _probe(cmd: list[str]) -> bool:
-    try:
-        done = subprocess.run(
-            [*cmd, sys.executable, "-I", "-S", "-c", "pass"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return done.returncode == 0
-
-
-def _prefix(mode: IsolationMode) -> list[str]:
-    if mode == "root":
-        return [
-            "unshare", "--net", "--",
-            "setpriv", f"--reuid={_NOBODY}", f"--regid={_NOBODY}", "--clear-groups", "--",
-        ]  # fmt: skip
-    if mode == "userns":
-        return ["unshare", "--user", "--map-root-user", "--net", "--"]
-    return []
-
-
-@functools.lru_cache(maxsize=1)
-def isolation_mode() -> IsolationMode:
-    """The strongest OS isolation this machine allows, probed once per process.
-
-    Set ``RTR_SANDBOX_ISOLATION=none`` to skip the probe (e.g. inside a container without
-    ``unshare``); the audit hook and resource limits still apply.
-    """
-    forced = os.environ.get("RTR_SANDBOX_ISOLATION", "").strip().lower()
-    if forced in ("root", "userns", "none"):
-        return forced  # type: ignore[return-value]
-    if not sys.platform.startswith("linux") or shutil.which("unshare") is None:
-        return "none"
-    root = hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("setpriv") is not None
-    if root and _probe(_prefix("root")):
-        return "root"
-    if _probe(_prefix("userns")):
-        return "userns"
-    return "none"
 
 
 _FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+\-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
@@ -408,12 +381,12 @@ def run_program(
         with open(os.path.join(tmp, "program.py"), "w", encoding="utf-8") as fh:
             fh.write(code)
         if mode == "root":
-            os.chown(tmp, _NOBODY, _NOBODY)
-            os.chown(os.path.join(tmp, "program.py"), _NOBODY, _NOBODY)
+            os.chown(tmp, NOBODY, NOBODY)
+            os.chown(os.path.join(tmp, "program.py"), NOBODY, NOBODY)
         extra_path: list[str] = []
         if site_packages:
             paths = sysconfig.get_paths()
-            extra_path = sorted({paths["purelib"], paths["platlib"]})
+            extra_path = sorted({os.path.realpath(paths[key]) for key in ("purelib", "platlib")})
         config = {
             "tmp": tmp,
             "mem": int(memory_mb) * 1024 * 1024,
@@ -422,6 +395,7 @@ def run_program(
             "extra_path": extra_path,
             "packages": bool(site_packages),
             "hook": bool(audit_hook),
+            "drop": NOBODY if mode == "bwrap" and os.geteuid() == 0 else 0,
             "mark": _ERROR_MARK,
         }
         env = {
@@ -434,10 +408,11 @@ def run_program(
             "OMP_NUM_THREADS": "1",
             "MKL_NUM_THREADS": "1",
         }
-        cmd = [
-            *_prefix(mode),
-            sys.executable, "-I", "-S", "-B", "-X", "utf8", "-c", _WRAPPER, json.dumps(config),
-        ]  # fmt: skip
+        if mode == "bwrap":
+            prefix, python = bwrap_prefix(tmp, tuple(extra_path)), interpreter()
+        else:
+            prefix, python = mode_prefix(mode), sys.executable
+        cmd = [*prefix, python, "-I", "-S", "-B", "-X", "utf8", "-c", _WRAPPER, json.dumps(config)]
         return _supervise(cmd, env, tmp, mode, timeout_s, memory_mb, max_output_bytes, started)
     except Exception as exc:  # noqa: BLE001 - the caller must get a result, not a crash
         return SandboxResult(

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from langchain_rtr.data.matrix import OutcomeMatrix
+from langchain_rtr.errors import QuestionTypeError
 from langchain_rtr.predictor import (
     DEFAULT_ENCODER_ID,
     FORMAT_VERSION,
@@ -27,6 +28,7 @@ from langchain_rtr.predictor import (
     TrainConfig,
     default_encoder,
 )
+from langchain_rtr.predictor.digests import DIGEST_FILE
 from langchain_rtr.predictor.predictor import member_seeds
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -210,7 +212,7 @@ def test_bad_config_and_inputs_are_rejected() -> None:
     predictor = train_fake(planted_matrix(40, seed=9), TrainConfig(hidden=16, max_epochs=2))
     with pytest.raises(PredictorError, match="expected"):
         predictor.predict_embeddings(np.zeros((3, 5), np.float32))
-    with pytest.raises(PredictorError, match="sequence"):
+    with pytest.raises(QuestionTypeError, match="sequence"):  # the one input gate
         predictor.predict("alpha")  # type: ignore[arg-type]
     single = predictor.predict_embeddings(np.zeros(32, np.float32))
     assert single.correctness.shape == (1, 4)
@@ -303,6 +305,7 @@ def test_a_checkpoint_missing_a_member_is_refused(tmp_path: Path) -> None:
     weights = tmp_path / "ckpt" / "model.safetensors"
     tensors = {k: v for k, v in load_file(str(weights)).items() if not k.startswith("members.1.")}
     save_file(tensors, str(weights))
+    (tmp_path / "ckpt" / DIGEST_FILE).unlink()
     with pytest.raises(CheckpointError, match=r"missing \['members\.1\."):
         RTRPredictor.load(tmp_path / "ckpt", encoder=TopicEncoder())
 
@@ -369,6 +372,7 @@ def test_save_load_round_trip_gives_identical_predictions(tmp_path: Path) -> Non
     predictor.save(tmp_path / "ckpt")
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
         "config.json",
+        "digests.json",
         "model.safetensors",
     ]
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
@@ -403,6 +407,7 @@ def edit_config(path: Path, **changes: object) -> None:
     config = json.loads((path / "config.json").read_text())
     config.update(changes)
     (path / "config.json").write_text(json.dumps(config))
+    (path / DIGEST_FILE).unlink(missing_ok=True)  # hand-edited, so without digests
 
 
 def test_load_rejects_another_format_version(checkpoint: Path) -> None:

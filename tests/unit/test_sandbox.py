@@ -6,9 +6,14 @@ Every hostile program runs under the sandbox's limits (never unconfined) with a 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import shutil
 import socket
 import subprocess
+import sys
+import uuid
+import warnings
 from pathlib import Path
 
 import pytest
@@ -331,3 +336,165 @@ def test_os_layer_protects_callers_files_without_hook(caller_files: Path) -> Non
     result = run_program(code, audit_hook=False, **FAST)
     _failed(result, "Permission")
     _untouched(caller_files)
+
+
+# ------------------------------------------------ the OS layer alone: bubblewrap, no audit hook
+
+# Where bubblewrap is installed (make setup and .ci/run install it), the OS layer alone must
+# contain every program below: the audit hook is off.
+needs_bwrap = pytest.mark.skipif(
+    shutil.which("bwrap") is None, reason="bubblewrap is not installed (make setup installs it)"
+)
+BARE = {"audit_hook": False, **FAST}
+
+_PROBE = """
+import json, os
+def attempt(what, action):
+    try:
+        got[what] = repr(action())[:4000]
+    except BaseException as exc:
+        got[what] = "DENIED " + type(exc).__name__
+got = {}
+"""
+
+
+def _probe(body: str) -> dict[str, str]:
+    result = run_program(_PROBE + body + "\nprint(json.dumps(got))", **BARE)
+    assert result.ok, result.error
+    parsed: dict[str, str] = json.loads(result.output)
+    return parsed
+
+
+@needs_bwrap
+def test_bwrap_is_used_where_installed() -> None:
+    assert isolation_mode() == "bwrap"
+    assert run_program("print(1)").isolation == "bwrap"
+
+
+@needs_bwrap
+def test_os_layer_hides_host_files(caller_files: Path) -> None:
+    paths = {
+        "passwd": "/etc/passwd",
+        "own source": __file__,
+        "secret": str(caller_files / "secret.txt"),
+        "host environ": f"/proc/{os.getpid()}/environ",
+        "venv config": os.path.join(sys.prefix, "pyvenv.cfg"),
+    }
+    body = "".join(f"attempt({k!r}, lambda: open({v!r}, 'rb').read())\n" for k, v in paths.items())
+    body += "attempt('pid 1', lambda: open('/proc/1/cmdline', 'rb').read())\n"
+    got = _probe(body)
+    for key in paths:
+        assert got[key].startswith("DENIED"), (key, got[key])
+    host_init = Path("/proc/1/cmdline").read_bytes()
+    assert repr(host_init)[:4000] != got["pid 1"]
+
+
+@needs_bwrap
+def test_os_layer_hides_host_folders(caller_files: Path) -> None:
+    body = (
+        "attempt('/', lambda: sorted(os.listdir('/')))\n"
+        "attempt('/tmp', lambda: sorted(os.listdir('/tmp')))\n"
+        "attempt('/dev', lambda: sorted(os.listdir('/dev')))\n"
+        "attempt('/home', lambda: os.listdir('/home'))\n"
+        "attempt('/etc', lambda: os.listdir('/etc'))\n"
+        f"attempt('caller', lambda: os.listdir({str(caller_files)!r}))\n"
+        "attempt('cwd', lambda: os.getcwd())\n"
+    )
+    got = _probe(body)
+    for key in ("/home", "/etc", "caller"):
+        assert got[key].startswith("DENIED"), (key, got[key])
+    top = set(eval(got["/"]))  # noqa: S307 - the repr of a list of str printed above
+    interpreter_root = Path(os.path.realpath(sys.base_prefix)).parts[1]
+    assert top <= {"usr", "lib", "lib64", "lib32", "libx32", "proc", "dev", "tmp", interpreter_root}
+    assert eval(got["/tmp"]) == [Path(eval(got["cwd"])).name]  # noqa: S307
+    assert "shm" not in eval(got["/dev"])  # noqa: S307
+
+
+@needs_bwrap
+def test_os_layer_hides_and_protects_host_processes() -> None:
+    victim = subprocess.Popen(["sleep", "60"])
+    try:
+        body = (
+            f"attempt('kill victim', lambda: os.kill({victim.pid}, 9))\n"
+            f"attempt('kill caller', lambda: os.kill({os.getpid()}, 15))\n"
+            f"attempt('victim proc', lambda: open('/proc/{victim.pid}/cmdline').read())\n"
+            "attempt('pids', lambda: sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))\n"
+            "attempt('uid', lambda: (os.getuid(), os.geteuid(), os.getgid()))\n"
+        )
+        got = _probe(body)
+        assert victim.poll() is None, "a host process was killed from inside the sandbox"
+    finally:
+        victim.kill()
+        victim.wait()
+    for key in ("kill victim", "kill caller", "victim proc"):
+        assert got[key].startswith("DENIED"), (key, got[key])
+    assert victim.pid not in eval(got["pids"]) and len(eval(got["pids"])) <= 3  # noqa: S307
+    assert eval(got["uid"]) == (65534, 65534, 65534)  # noqa: S307
+
+
+@needs_bwrap
+def test_os_layer_refuses_writes_outside_its_folder(caller_files: Path) -> None:
+    name = f"rtr-sandbox-test-{uuid.uuid4().hex}"
+    targets = {
+        "host tmp": f"/tmp/{name}",
+        "host shm": f"/dev/shm/{name}",
+        "caller": str(caller_files / name),
+        "interpreter": os.path.join(os.path.realpath(sys.base_prefix), "lib", name),
+    }
+    body = "".join(
+        f"attempt({k!r}, lambda: open({v!r}, 'w').write('x'))\n" for k, v in targets.items()
+    )
+    body += "attempt('own folder', lambda: open('mine.txt', 'w').write('ok'))\n"
+    got = _probe(body)
+    assert got["own folder"] == "2"
+    for key, target in targets.items():
+        assert not Path(target).exists(), (key, got[key])
+    _untouched(caller_files)
+
+
+@needs_bwrap
+def test_os_layer_blocks_every_loopback_port() -> None:
+    listeners = []
+    try:
+        for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+            try:
+                listener = socket.socket(family)
+                listener.bind((host, 0))
+                listener.listen()
+            except Exception:  # no IPv6 here, or pytest-socket
+                continue
+            listener.setblocking(False)
+            listeners.append((listener, host, listener.getsockname()[1]))
+        if not listeners:
+            pytest.skip("loopback sockets are not available to this test")
+        body = "import socket\n" + "".join(
+            f"attempt({f'{h} {p}'!r}, lambda: socket.create_connection(({h!r}, {p}), timeout=1))\n"
+            for _, h, p in listeners
+        )
+        body += "attempt('localhost', lambda: socket.getaddrinfo('localhost', 80))\n"
+        got = _probe(body)
+        for listener, host, port in listeners:
+            assert got[f"{host} {port}"].startswith("DENIED"), got
+            with pytest.raises(BlockingIOError):
+                listener.accept()  # nothing ever reached the host's listener
+    finally:
+        for listener, _, _ in listeners:
+            listener.close()
+
+
+def test_weaker_isolation_is_announced_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RTR_SANDBOX_ISOLATION", "none")
+    isolation_mode.cache_clear()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert isolation_mode() == "none"
+            assert isolation_mode() == "none"
+            result = run_program("print(1)")
+        assert result.ok and result.isolation == "none"
+        loud = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+        assert len(loud) == 1
+        assert "falling back" in str(loud[0].message) and "'none'" in str(loud[0].message)
+    finally:
+        monkeypatch.delenv("RTR_SANDBOX_ISOLATION")
+        isolation_mode.cache_clear()
