@@ -8,6 +8,7 @@ Mounted in ``cli/main.py`` with ``app.add_typer(encoder_app, name="encoder")``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,6 +180,7 @@ def compare_backends(
     test_fraction: float = 0.2,
     cascade: Sequence[float] = (0.1, 0.25),
     cascade_full: str = "onnx-int8",
+    ensemble: int | None = None,
     echo: Callable[[str], None] | None = None,
 ) -> list[QualityRow]:
     """The same held-out evaluation for each backend, on each fold of each protocol.
@@ -189,6 +191,7 @@ def compare_backends(
     ``group-out``: :func:`group_out_folds`. With the static backend and ``cascade`` shares, also
     the cascade that sends the static predictor's least certain questions (that share of the
     training questions, by mean ``p(1-p)``) through the ``cascade_full`` backend's predictor.
+    ``ensemble`` overrides ``TrainConfig.ensemble`` (fewer networks: a quicker, noisier guard).
     """
     from langchain_rtr.evaluation import evaluate_routing
     from langchain_rtr.predictor import TrainConfig
@@ -225,6 +228,8 @@ def compare_backends(
             for backend in trained:
                 encoder = encoders[backend]
                 config = TrainConfig(seed=fold.seed)
+                if ensemble is not None:
+                    config = dataclasses.replace(config, ensemble=ensemble)
                 router = fit_router(routing_set, train, encoder=encoder, config=config)
                 test_emb, train_emb = (
                     encoder.encode(test.questions),
@@ -305,6 +310,9 @@ def compare(
         ),
     ] = None,
     seed: Annotated[list[int] | None, typer.Option("--seed", help="Seeds (default 0 1 2).")] = None,
+    ensemble: Annotated[
+        int | None, typer.Option("--ensemble", help="Networks per predictor (default 5).")
+    ] = None,
     test_fraction: Annotated[float, typer.Option("--test-fraction")] = 0.2,
     cascade: Annotated[
         list[float] | None,
@@ -327,6 +335,7 @@ def compare(
         seeds=seed or [0, 1, 2],
         test_fraction=test_fraction,
         cascade=[0.1, 0.25] if cascade is None else cascade,
+        ensemble=ensemble,
         echo=lambda m: err_console.print(f"[dim]{m}"),
     )
     console.print(quality_markdown(rows))
