@@ -3,7 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup servers demo test unit integration lint bench
+ROUTING_VENV := .venv-routing
+ROUTING_CHECK := .build/routing-check
+
+.PHONY: setup servers demo test unit integration lint bench routing-check
 
 # torch goes in first and pinned: on a machine without a GPU, 2.13.0 is a CPU wheel, while an
 # unpinned torch (asked for by sentence-transformers) would pull a CUDA build of several GB.
@@ -11,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,agents,server]'
+	$(BIN)/pip install --quiet -e '.[train,dev,agents]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -41,3 +44,16 @@ lint: setup
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/run_all.py
+
+# The routing-only install (`pip install langchain-rtr`, no [train] extra, so no torch), built as
+# a wheel into a fresh venv: it must load a router the full install trained, and route, run the
+# LangChain / LangGraph layers and serve with it (scripts/check_routing_install.py).
+routing-check: setup
+	rm -rf $(ROUTING_VENV) $(ROUTING_CHECK)
+	mkdir -p $(ROUTING_CHECK)
+	$(BIN)/pip wheel --quiet --no-deps --wheel-dir $(ROUTING_CHECK) .
+	$(PYTHON) -m venv $(ROUTING_VENV)
+	$(ROUTING_VENV)/bin/pip install --quiet $(ROUTING_CHECK)/langchain_rtr-*.whl
+	HF_HUB_OFFLINE=1 $(BIN)/python scripts/check_routing_install.py train $(ROUTING_CHECK)/router
+	cd $(ROUTING_CHECK) && HF_HUB_OFFLINE=1 $(CURDIR)/$(ROUTING_VENV)/bin/python \
+		$(CURDIR)/scripts/check_routing_install.py route router

@@ -1,7 +1,8 @@
 """Encoder backends: speed of routing, process cost, and routing quality, per backend.
 
     .venv/bin/python benchmarks/bench_encoders.py speed      # latency, q/s, import time, RSS
-    .venv/bin/python benchmarks/bench_encoders.py quality    # AIQ / max accuracy, 3 seeds
+    .venv/bin/python benchmarks/bench_encoders.py quality    # AIQ / max accuracy per fold
+    .venv/bin/python benchmarks/bench_encoders.py quality --projection   # + the ridge experiment
 
 speed: GSM8K questions (/work/shared/data/routellm/gsm8k_responses.csv, or $RTR_GSM8K_CSV).
   * one question routed end to end (encode uncached + score all pairs + Tradeoff policy),
@@ -9,12 +10,17 @@ speed: GSM8K questions (/work/shared/data/routellm/gsm8k_responses.csv, or $RTR_
   * batched: 1,000 questions encoded uncached and routed in one call, questions per second;
   * a fresh routing process per backend (subprocess): import + load time and peak RSS, and
     whether torch was imported;
-  * the same for the static>onnx-int8 cascade (25 % of training questions sent on), with the
-    share of these questions it sent to int8.
-  Ratios are against sentence-transformers measured in the same run (the machine is shared).
-quality: the bundled LLMRouter set, held-out 20 %, split and training seeds 0, 1, 2: RTR's AIQ
-  and maximum accuracy on its λ sweep, per backend; for the static backend also the cascade
-  that sends its least certain questions through the int8 encoder's predictor.
+  * the same for the static>onnx-int8 cascade at each --cascade-share (of training questions
+    sent on), with the share of these questions it sent to int8.
+  Every router is the default ensemble trained for one epoch (scoring costs the same after any
+  epoch; the cascade's share of escalated GSM8K questions is printed, as it depends on them).
+  Ratios are against sentence-transformers measured in the same run (the machine is shared);
+  the load average is printed at the start and the end.
+quality: `rtr encoder compare`'s protocols (langchain_rtr/cli/encoder.py) on --data: a random
+  held-out 20 % per seed, and each record source held out in turn (llmrouter: its clusters;
+  faithful-cot: its data sets); RTR's AIQ and maximum accuracy on its λ sweep per backend and
+  cascade share. --projection adds an experiment kept out of the package: the static vectors
+  mapped by a ridge regression onto the MiniLM vectors of the training questions.
 """
 
 from __future__ import annotations
@@ -36,8 +42,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 BACKENDS = ("sentence-transformers", "onnx", "onnx-int8", "static")
 CASCADE = "static>onnx-int8"
-"""The cascade row: static first, the least certain share of questions re-scored on int8."""
-CASCADE_SHARE = 0.25
+"""The cascade rows: static first, the least certain share of questions re-scored on int8."""
 GSM8K = Path(os.environ.get("RTR_GSM8K_CSV", "/work/shared/data/routellm/gsm8k_responses.csv"))
 
 
@@ -50,8 +55,12 @@ def gsm8k_questions(n: int) -> list[str]:
     return out[:n]
 
 
-def train_router(out: Path) -> None:
-    """A one-epoch router per backend, and the static>onnx-int8 cascade over two of them."""
+def cascade_name(share: float) -> str:
+    return f"{CASCADE}@{share:g}"
+
+
+def train_router(out: Path, shares: list[float]) -> None:
+    """A router per backend, and the static>onnx-int8 cascade over two of them per share."""
     from langchain_rtr.predictor import TrainConfig
     from langchain_rtr.predictor.backends import make_encoder
     from langchain_rtr.predictor.cascade import CascadePredictor
@@ -62,15 +71,15 @@ def train_router(out: Path) -> None:
     train, _ = split(rs, seed=0)
     routers = {}
     for backend in BACKENDS:
-        routers[backend] = fit_router(
-            rs, train, encoder=make_encoder(backend), config=TrainConfig(seed=0, max_epochs=1)
-        )
+        config = TrainConfig(seed=0, max_epochs=1)  # scoring costs the same after any epoch
+        routers[backend] = fit_router(rs, train, encoder=make_encoder(backend), config=config)
         routers[backend].save(out / backend)
-    fast, full = routers["static"].predictor, routers["onnx-int8"].predictor
-    chain = CascadePredictor.fit(fast, full, train.questions, share=CASCADE_SHARE)
-    cascade = RTRRouter(chain, rs.models, cost_unit=routers["static"].cost_unit)
-    cascade.fit_cost_scale(train.questions)
-    cascade.save(out / CASCADE)
+    fast, full_predictor = routers["static"].predictor, routers["onnx-int8"].predictor
+    for share in shares:
+        chain = CascadePredictor.fit(fast, full_predictor, train.questions, share=share)
+        cascade = RTRRouter(chain, rs.models, cost_unit=routers["static"].cost_unit)
+        cascade.fit_cost_scale(train.questions)
+        cascade.save(out / cascade_name(share))
 
 
 def load_uncached(name: str, path: Path, build: bool = True) -> Any:
@@ -78,7 +87,7 @@ def load_uncached(name: str, path: Path, build: bool = True) -> Any:
     from langchain_rtr.predictor.backends import make_encoder
     from langchain_rtr.routing import RTRRouter
 
-    if name == CASCADE:
+    if name.startswith(CASCADE):
         fast, full = (make_encoder(b, cache=False, build=build) for b in CASCADE.split(">"))
         return RTRRouter.load(path, fast_encoder=fast, full_encoder=full)
     return RTRRouter.load(path, encoder=make_encoder(name, cache=False, build=build))
@@ -136,10 +145,11 @@ def process_cost(
 def speed(args: argparse.Namespace) -> None:
     questions = gsm8k_questions(args.batch + args.single)
     root = Path(tempfile.mkdtemp(prefix="rtr-bench-enc-"))
-    print(f"training a small router per backend into {root} ...", flush=True)
-    train_router(root)
+    print(f"load average at the start: {load()}", flush=True)
+    print(f"training a router per backend into {root} ...", flush=True)
+    train_router(root, args.cascade_share)
     rows = []
-    for backend in (*BACKENDS, CASCADE):
+    for backend in (*BACKENDS, *map(cascade_name, args.cascade_share)):
         router = load_uncached(backend, root / backend)
         router.route("warm up")
         singles = []
@@ -154,12 +164,13 @@ def speed(args: argparse.Namespace) -> None:
         proc = process_cost(
             backend, root / backend, questions[0], questions[args.batch : args.batch + 100]
         )
-        if backend == CASCADE:
+        sent = ""
+        if backend.startswith(CASCADE):
             stats = router.predictor.stats
-            print(f"{CASCADE}: {stats.escalated / stats.questions:.0%} of questions sent to int8")
+            sent = f" ({stats.escalated / stats.questions:.0%} to int8)"
         rows.append(
             {
-                "backend": backend,
+                "backend": backend + sent,
                 "single_ms": 1000 * statistics.median(singles),
                 "single_mean_ms": 1000 * statistics.fmean(singles),
                 "batched_qps": batched,
@@ -169,7 +180,7 @@ def speed(args: argparse.Namespace) -> None:
         print(json.dumps(rows[-1]), flush=True)
     base = rows[0]
     print(
-        f"\n{len(router.pairs)} pairs; load average {os.getloadavg()[0]:.1f}; "
+        f"\n{len(router.pairs)} pairs; load average at the end {load()}; "
         f"{os.cpu_count()} cores; RTR_ENCODER_THREADS={os.environ.get('RTR_ENCODER_THREADS')}"
     )
     print(
@@ -187,13 +198,81 @@ def speed(args: argparse.Namespace) -> None:
         )
 
 
+def load() -> str:
+    return " / ".join(f"{x:.1f}" for x in os.getloadavg()) + " (1 / 5 / 15 min)"
+
+
+class Projected:
+    """Static vectors mapped into another encoder's space by a fitted linear map, normalised."""
+
+    def __init__(self, inner: Any, weight: Any, encoder_id: str) -> None:
+        self.inner, self.weight, self.id = inner, weight, encoder_id
+        self.dim = int(weight.shape[1])
+
+    def encode(self, texts: Any, *, batch_size: int = 64, show_progress: bool = False) -> Any:
+        import numpy as np
+
+        v = np.asarray(self.inner.encode(list(texts)), np.float32) @ self.weight
+        return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+
+def projection_rows(data: str, seeds: list[int], alpha: float = 0.1) -> Any:
+    """The static vectors ridge-mapped (penalty ``alpha``) onto the MiniLM vectors of the
+    training questions (teacher targets, no labels), heads trained on the mapped vectors."""
+    import numpy as np
+
+    from langchain_rtr.cli.encoder import QualityRow, random_folds
+    from langchain_rtr.evaluation import evaluate_routing
+    from langchain_rtr.predictor import TrainConfig
+    from langchain_rtr.predictor.backends import make_encoder
+    from langchain_rtr.workflow import fit_router, load_data
+
+    routing_set = load_data(data)
+    static, teacher = make_encoder("static"), make_encoder("sentence-transformers")
+    row = QualityRow("static, projected onto MiniLM's space (experiment)", "random")
+    for fold in random_folds(routing_set, seeds, 0.2):
+        train, test = fold.train, fold.test
+        xs, xt = static.encode(train.questions), teacher.encode(train.questions)
+        gram = xs.T @ xs + alpha * np.eye(xs.shape[1], dtype=np.float32)
+        weight = np.linalg.solve(gram, xs.T @ xt).astype(np.float32)
+        projected = Projected(static, weight, f"static-projected:{fold.seed}")
+        router = fit_router(
+            routing_set, train, encoder=projected, config=TrainConfig(seed=fold.seed)
+        )
+        p_test, p_train = projected.encode(test.questions), projected.encode(train.questions)
+        report = evaluate_routing(
+            test,
+            router.predictor.predict_embeddings(p_test),
+            p_test,
+            train,
+            p_train,
+            router.models,
+            cost_unit=router.cost_unit,
+            cost_scale=router.cost_scale,
+        )
+        row.folds.append(fold.name)
+        row.aiq.append(float(report.aiq["rtr"]))
+        row.max_accuracy.append(float(max(report.curves["rtr"].accuracy)))
+        print(f"  {row.name}, {fold.name}: AIQ {row.aiq[-1]:.4f}", flush=True)
+    return row
+
+
 def quality(args: argparse.Namespace) -> None:
     from langchain_rtr.cli.encoder import compare_backends, quality_markdown
 
+    print(f"load average at the start: {load()}", flush=True)
     rows = compare_backends(
-        "llmrouter", seeds=args.seeds, cascade=args.cascade, echo=lambda m: print(m, flush=True)
+        args.data,
+        backends=args.backends,
+        protocols=args.protocol,
+        seeds=args.seeds,
+        cascade=args.cascade,
+        ensemble=args.ensemble,
+        echo=lambda m: print(m, flush=True),
     )
-    print(f"\nLLMRouter held-out 20 %, seeds {args.seeds}")
+    if args.projection:
+        rows.append(projection_rows(args.data, args.seeds))
+    print(f"\n{args.data}; load average at the end: {load()}")
     print(quality_markdown(rows))
 
 
@@ -203,9 +282,15 @@ def main() -> None:
     sp = sub.add_parser("speed")
     sp.add_argument("--batch", type=int, default=1000)
     sp.add_argument("--single", type=int, default=200)
+    sp.add_argument("--cascade-share", type=float, nargs="*", default=[0.25, 0.15, 0.1])
     qp = sub.add_parser("quality")
+    qp.add_argument("--data", default="llmrouter")
+    qp.add_argument("--backends", nargs="+", default=list(BACKENDS))
+    qp.add_argument("--protocol", nargs="+", default=["random", "group-out"])
     qp.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    qp.add_argument("--cascade", type=float, nargs="*", default=[0.1, 0.25])
+    qp.add_argument("--cascade", type=float, nargs="*", default=[0.1, 0.15, 0.25])
+    qp.add_argument("--ensemble", type=int, help="networks per predictor (default: 5)")
+    qp.add_argument("--projection", action="store_true")
     args = parser.parse_args()
     speed(args) if args.what == "speed" else quality(args)
 

@@ -1,21 +1,25 @@
-"""`rtr encoder`: build the fast encoder backends offline, once, from the shipped model.
+"""`rtr encoder`: build the encoder backends offline, once, from the shipped model; compare them.
+
+``rtr encoder compare`` is the quality guard of docs/encoders.md: the same held-out evaluation
+per backend, on random splits and with each record source (data set or cluster) held out.
 
 Mounted in ``cli/main.py`` with ``app.add_typer(encoder_app, name="encoder")``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    import numpy as np
+    from langchain_rtr.data.matrix import OutcomeMatrix, RoutingSet
 
 encoder_app = typer.Typer(
     name="encoder",
@@ -97,158 +101,195 @@ def list_() -> None:
     console.print(table)
 
 
+Protocol = Literal["random", "group-out"]
+PROTOCOLS: tuple[Protocol, ...] = ("random", "group-out")
+
+
 @dataclass
 class QualityRow:
-    """One backend's (or cascade's) routing quality on the held-out part, per seed."""
+    """One backend's (or cascade's) routing quality on the held-out part of each fold."""
 
     name: str
+    protocol: Protocol = "random"
+    folds: list[str] = field(default_factory=list)
     aiq: list[float] = field(default_factory=list)
     max_accuracy: list[float] = field(default_factory=list)
 
 
-class _Projected:
-    """Static vectors mapped into another encoder's space by a fitted linear map, normalised."""
+@dataclass(frozen=True)
+class Fold:
+    """One train / held-out split of a quality protocol, and the training seed it uses."""
 
-    def __init__(self, inner: Any, weight: np.ndarray, encoder_id: str) -> None:
-        self.inner, self.weight, self.id = inner, weight, encoder_id
-        self.dim = int(weight.shape[1])
+    name: str
+    train: OutcomeMatrix
+    test: OutcomeMatrix
+    seed: int
 
-    def encode(
-        self, texts: Sequence[str], *, batch_size: int = 64, show_progress: bool = False
-    ) -> np.ndarray:
-        import numpy as np
 
-        v = np.asarray(self.inner.encode(list(texts)), np.float32) @ self.weight
-        return np.asarray(v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12))
+def random_folds(routing_set: RoutingSet, seeds: Sequence[int], test_fraction: float) -> list[Fold]:
+    """A random held-out share per seed (split and training seed the same)."""
+    from langchain_rtr.workflow import split
+
+    folds = []
+    for seed in seeds:
+        train, test = split(routing_set, test_fraction=test_fraction, seed=seed)
+        folds.append(Fold(f"seed {seed}", train, test, seed))
+    return folds
+
+
+def group_out_folds(routing_set: RoutingSet, seed: int = 0) -> list[Fold]:
+    """Leave one group out: each record ``source`` in turn is held out, trained on the others.
+
+    The routing set's sources are its groups: the upstream data set of each question
+    (``faithful-cot``), or the cluster a question was assigned to (``llmrouter`` keeps
+    ``cluster_id`` as ``source = "cluster-<id>"``). The held-out group is data the router never
+    saw a question of: a shifted distribution, not a random share of the same one.
+
+    Raises:
+        ConfigError: The set has fewer than two sources.
+    """
+    import numpy as np
+
+    from langchain_rtr.errors import ConfigError
+
+    matrix = routing_set.matrix()
+    sources = np.asarray(matrix.sources)
+    groups = sorted(set(matrix.sources))
+    if len(groups) < 2:
+        raise ConfigError(
+            f"{routing_set.name}: leave-one-group-out needs at least two record sources; "
+            f"found {groups}"
+        )
+    return [
+        Fold(
+            f"{group} out",
+            matrix.subset(np.flatnonzero(sources != group)),
+            matrix.subset(np.flatnonzero(sources == group)),
+            seed,
+        )
+        for group in groups
+    ]
 
 
 def compare_backends(
     data: str = "llmrouter",
     *,
     backends: Sequence[str] = ("sentence-transformers", "onnx", "onnx-int8", "static"),
+    protocols: Sequence[Protocol] = PROTOCOLS,
     seeds: Sequence[int] = (0, 1, 2),
     test_fraction: float = 0.2,
     cascade: Sequence[float] = (0.1, 0.25),
     cascade_full: str = "onnx-int8",
-    projection_alpha: float | None = 0.1,
+    ensemble: int | None = None,
     echo: Callable[[str], None] | None = None,
 ) -> list[QualityRow]:
-    """The same held-out evaluation for each backend, on each seed's split.
+    """The same held-out evaluation for each backend, on each fold of each protocol.
 
-    For each backend and seed: train a router on the training part, evaluate on the held-out
-    part, and keep RTR's AIQ and the highest accuracy on its λ sweep.
-
-    With the static backend and ``cascade`` shares, also the cascade that sends the static
-    predictor's least certain questions (top share by mean ``p(1-p)``, threshold set on the
-    training questions) through the ``cascade_full`` backend's predictor; and, with
-    ``projection_alpha``, the static vectors mapped by a ridge regression (that penalty) onto the
-    default encoder's vectors of the *training* questions (no labels), heads trained on those.
+    For each backend and fold: train a router on the training part (full ``TrainConfig``
+    defaults, the fold's seed), evaluate on the held-out part, and keep RTR's AIQ and the
+    highest accuracy on its λ sweep. ``random``: a random ``test_fraction`` per seed;
+    ``group-out``: :func:`group_out_folds`. With the static backend and ``cascade`` shares, also
+    the cascade that sends the static predictor's least certain questions (that share of the
+    training questions, by mean ``p(1-p)``) through the ``cascade_full`` backend's predictor.
+    ``ensemble`` overrides ``TrainConfig.ensemble`` (fewer networks: a quicker, noisier guard).
     """
-    import numpy as np
-
     from langchain_rtr.evaluation import evaluate_routing
     from langchain_rtr.predictor import TrainConfig
     from langchain_rtr.predictor.backends import make_encoder, resolve_backend
     from langchain_rtr.predictor.cascade import CascadePredictor
-    from langchain_rtr.workflow import fit_router, load_data, split
+    from langchain_rtr.workflow import fit_router, load_data
 
     names = [resolve_backend(b) for b in backends]
-    if "static" in names and cascade and cascade_full not in names:
-        names.append(resolve_backend(cascade_full))
+    full_name = resolve_backend(cascade_full)
+    with_cascade = "static" in names and bool(cascade)
+    trained = [*names, full_name] if with_cascade and full_name not in names else names
     routing_set = load_data(data)
-    encoders = {b: make_encoder(b) for b in names}
-    rows: dict[str, QualityRow] = {}
+    encoders = {b: make_encoder(b) for b in trained}
+    rows: dict[tuple[str, str], QualityRow] = {}
 
-    def record(name: str, report: Any) -> None:
-        row = rows.setdefault(name, QualityRow(name))
+    def record(protocol: Protocol, fold: Fold, name: str, report: Any) -> None:
+        row = rows.setdefault((protocol, name), QualityRow(name, protocol))
+        row.folds.append(fold.name)
         row.aiq.append(float(report.aiq["rtr"]))
         row.max_accuracy.append(float(max(report.curves["rtr"].accuracy)))
         if echo:
             echo(f"  {name}: AIQ {row.aiq[-1]:.4f}, max accuracy {row.max_accuracy[-1]:.4f}")
 
-    for seed in seeds:
-        train, test = split(routing_set, test_fraction=test_fraction, seed=seed)
-        if echo:
-            echo(f"seed {seed}: {len(train)} questions to train, {len(test)} held out")
-        outputs: dict[str, Any] = {}
-        for backend in names:
-            encoder = encoders[backend]
-            router = fit_router(routing_set, train, encoder=encoder, config=TrainConfig(seed=seed))
-            test_emb, train_emb = encoder.encode(test.questions), encoder.encode(train.questions)
-            prediction = router.predictor.predict_embeddings(test_emb)
-            outputs[backend] = (router, prediction, test_emb, train_emb)
-            kw: dict[str, Any] = {"cost_unit": router.cost_unit, "cost_scale": router.cost_scale}
-            args = (test, prediction, test_emb, train, train_emb, router.models)
-            if backend in backends:
-                record(backend, evaluate_routing(*args, **kw))
-        if "static" in outputs and projection_alpha is not None:
-            xs = encoders["static"].encode(train.questions)
-            teacher = encoders.get("sentence-transformers") or make_encoder("sentence-transformers")
-            xt = teacher.encode(train.questions)
-            gram = xs.T @ xs + projection_alpha * np.eye(xs.shape[1], dtype=np.float32)
-            weight = np.linalg.solve(gram, xs.T @ xt).astype(np.float32)
-            projected = _Projected(encoders["static"], weight, f"static-projected:{seed}")
-            router = fit_router(
-                routing_set, train, encoder=projected, config=TrainConfig(seed=seed)
-            )
-            p_test, p_train = projected.encode(test.questions), projected.encode(train.questions)
-            record(
-                "static, projected onto the default's space",
-                evaluate_routing(
-                    test,
-                    router.predictor.predict_embeddings(p_test),
-                    p_test,
-                    train,
-                    p_train,
-                    router.models,
-                    cost_unit=router.cost_unit,
-                    cost_scale=router.cost_scale,
-                ),
-            )
-        if "static" not in outputs or not cascade:
-            continue
-        router, _, test_emb, train_emb = outputs["static"]
-        full_router = outputs[cascade_full][0]
-        kw = {"cost_unit": router.cost_unit, "cost_scale": router.cost_scale}
-        for share in cascade:
-            chain = CascadePredictor.fit(
-                router.predictor, full_router.predictor, train.questions, share=share
-            )
-            record(
-                f"static, {share:.0%} least certain via {cascade_full}",
-                evaluate_routing(
-                    test,
-                    chain.predict_embeddings(test_emb, test.questions),
-                    test_emb,
-                    train,
-                    train_emb,
-                    router.models,
-                    **kw,
-                ),
-            )
+    for protocol in protocols:
+        if protocol == "random":
+            folds = random_folds(routing_set, seeds, test_fraction)
+        else:
+            folds = group_out_folds(routing_set, seed=seeds[0] if seeds else 0)
+        for fold in folds:
+            train, test = fold.train, fold.test
+            if echo:
+                echo(f"{protocol}, {fold.name}: {len(train)} to train, {len(test)} held out")
+            outputs: dict[str, Any] = {}
+            for backend in trained:
+                encoder = encoders[backend]
+                config = TrainConfig(seed=fold.seed)
+                if ensemble is not None:
+                    config = dataclasses.replace(config, ensemble=ensemble)
+                router = fit_router(routing_set, train, encoder=encoder, config=config)
+                test_emb, train_emb = (
+                    encoder.encode(test.questions),
+                    encoder.encode(train.questions),
+                )
+                prediction = router.predictor.predict_embeddings(test_emb)
+                outputs[backend] = (router, test_emb, train_emb)
+                kw: dict[str, Any] = {
+                    "cost_unit": router.cost_unit,
+                    "cost_scale": router.cost_scale,
+                }
+                if backend in names:
+                    report = evaluate_routing(
+                        test, prediction, test_emb, train, train_emb, router.models, **kw
+                    )
+                    record(protocol, fold, backend, report)
+            if not with_cascade:
+                continue
+            router, test_emb, train_emb = outputs["static"]
+            full_router = outputs[full_name][0]
+            kw = {"cost_unit": router.cost_unit, "cost_scale": router.cost_scale}
+            for share in cascade:
+                chain = CascadePredictor.fit(
+                    router.predictor, full_router.predictor, train.questions, share=share
+                )
+                prediction = chain.predict_embeddings(test_emb, test.questions)
+                report = evaluate_routing(
+                    test, prediction, test_emb, train, train_emb, router.models, **kw
+                )
+                record(protocol, fold, f"static, {share:.0%} least certain via {full_name}", report)
     return list(rows.values())
 
 
 def quality_markdown(rows: Sequence[QualityRow], baseline: str = "sentence-transformers") -> str:
-    """The quality table: mean (min..max over seeds) AIQ, its change vs ``baseline``, accuracy."""
+    """One table per protocol: mean (min..max over folds) AIQ, its change vs ``baseline``."""
     import numpy as np
 
-    base = next((r for r in rows if r.name == baseline), None)
-    lines = [
-        "| backend | AIQ, mean (min..max) | Δ AIQ vs default (per seed) | max accuracy |",
-        "|---|---|---|---|",
-    ]
-    for r in rows:
-        aiq = np.array(r.aiq)
-        delta = "n/a"
-        if base is not None and len(base.aiq) == len(r.aiq):
-            d = aiq - np.array(base.aiq)
-            delta = f"{d.mean():+.4f} ({', '.join(f'{x:+.4f}' for x in d)})"
-        lines.append(
-            f"| {r.name} | {aiq.mean():.4f} ({aiq.min():.4f}..{aiq.max():.4f}) | {delta} "
-            f"| {np.mean(r.max_accuracy):.4f} |"
-        )
-    return "\n".join(lines)
+    tables = []
+    for protocol in dict.fromkeys(r.protocol for r in rows):
+        mine = [r for r in rows if r.protocol == protocol]
+        base = next((r for r in mine if r.name == baseline), None)
+        folds = ", ".join(mine[0].folds)
+        lines = [
+            f"{protocol} ({folds}):",
+            "",
+            f"| backend | AIQ, mean (min..max) | Δ AIQ vs {baseline} (per fold) | max accuracy |",
+            "|---|---|---|---|",
+        ]
+        for r in mine:
+            aiq = np.array(r.aiq)
+            delta = "n/a"
+            if base is not None and base.folds == r.folds:
+                d = aiq - np.array(base.aiq)
+                delta = f"{d.mean():+.4f} ({', '.join(f'{x:+.4f}' for x in d)})"
+            lines.append(
+                f"| {r.name} | {aiq.mean():.4f} ({aiq.min():.4f}..{aiq.max():.4f}) | {delta} "
+                f"| {np.mean(r.max_accuracy):.4f} |"
+            )
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables)
 
 
 @encoder_app.command("compare")
@@ -259,17 +300,42 @@ def compare(
     backend: Annotated[
         list[str] | None, typer.Option("--backend", "-b", help="Backends (default: all).")
     ] = None,
+    protocol: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--protocol",
+            "-p",
+            help="random (a held-out share per seed) and/or group-out (each record source "
+            "held out in turn); default both.",
+        ),
+    ] = None,
     seed: Annotated[list[int] | None, typer.Option("--seed", help="Seeds (default 0 1 2).")] = None,
+    ensemble: Annotated[
+        int | None, typer.Option("--ensemble", help="Networks per predictor (default 5).")
+    ] = None,
     test_fraction: Annotated[float, typer.Option("--test-fraction")] = 0.2,
+    cascade: Annotated[
+        list[float] | None,
+        typer.Option(
+            "--cascade", help="Cascade shares to evaluate with static (default 0.1 0.25)."
+        ),
+    ] = None,
 ) -> None:
-    """Quality guard: the same held-out evaluation per backend (AIQ, max accuracy, by seed)."""
+    """Quality guard: the same held-out evaluation per backend (AIQ, max accuracy, by fold)."""
     from langchain_rtr.predictor.backends import BACKENDS
 
+    chosen = protocol or list(PROTOCOLS)
+    bad = [p for p in chosen if p not in PROTOCOLS]
+    if bad:
+        raise typer.BadParameter(f"--protocol {bad}: expected {' or '.join(PROTOCOLS)}")
     rows = compare_backends(
         data,
         backends=backend or list(BACKENDS),
+        protocols=[p for p in PROTOCOLS if p in chosen],
         seeds=seed or [0, 1, 2],
         test_fraction=test_fraction,
+        cascade=[0.1, 0.25] if cascade is None else cascade,
+        ensemble=ensemble,
         echo=lambda m: err_console.print(f"[dim]{m}"),
     )
     console.print(quality_markdown(rows))

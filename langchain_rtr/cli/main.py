@@ -64,7 +64,7 @@ EncoderOpt = Annotated[
     typer.Option(
         "--encoder",
         envvar="RTR_ENCODER_BACKEND",
-        help="Question encoder backend: sentence-transformers (default), onnx, onnx-int8, static.",
+        help="Question encoder backend: onnx-int8 (default), onnx, static, sentence-transformers.",
     ),
 ]
 TestFractionOpt = Annotated[

@@ -6,8 +6,9 @@ Importing this package does not import torch: the network classes (``RTRNet``,
 
 from typing import TYPE_CHECKING, Any
 
+from langchain_rtr.predictor.backends import DEFAULT_BACKEND, DEFAULT_ENCODER_ID
 from langchain_rtr.predictor.encoder import (
-    DEFAULT_ENCODER_ID,
+    SENTENCE_TRANSFORMERS_ID,
     CachedEncoder,
     QuestionEncoder,
     SentenceTransformerEncoder,
@@ -28,6 +29,7 @@ from langchain_rtr.predictor.predictor import (
 )
 
 __all__ = [
+    "DEFAULT_BACKEND",
     "DEFAULT_ENCODER_ID",
     "FORMAT_VERSION",
     "CachedEncoder",
@@ -38,6 +40,7 @@ __all__ = [
     "QuestionEncoder",
     "RTRNet",
     "RTRPredictor",
+    "SENTENCE_TRANSFORMERS_ID",
     "SentenceTransformerEncoder",
     "TrainConfig",
     "TrainingSummary",

@@ -1,15 +1,18 @@
 """Fast question-encoder backends: ONNX Runtime (fp32, int8) and a static (model2vec) encoder.
 
 One setting picks the backend (:data:`EncoderBackend`): the ``backend=`` argument of
-:func:`make_encoder`, else ``$RTR_ENCODER_BACKEND``, else ``"sentence-transformers"``.
+:func:`make_encoder`, else ``$RTR_ENCODER_BACKEND``, else :data:`DEFAULT_BACKEND`
+(``"onnx-int8"``). That constant is the one place the default is chosen: ``rtr train``,
+``rtr demo``, ``fit_router`` and ``RTRPredictor.train`` all come here when given no encoder, and a
+saved router reloads the encoder its checkpoint records, whatever the default is now.
 
 =====================  ====================================================================
 backend                what it runs
 =====================  ====================================================================
-sentence-transformers  the shipped all-MiniLM-L6-v2 in torch (the default)
+sentence-transformers  the shipped all-MiniLM-L6-v2 in torch
 onnx                   the same network exported to ONNX (fused), run by ONNX Runtime; the
                        vectors equal sentence-transformers' to ~1e-7
-onnx-int8              that export with per-channel dynamic int8 weights (cosine ~0.994)
+onnx-int8              that export with per-channel dynamic int8 weights (the default)
 static                 a model2vec static embedding table distilled from the same model
 =====================  ====================================================================
 
@@ -51,11 +54,14 @@ from langchain_rtr.predictor.encoder import (
     _as_matrix,
     _bundled_model_path,
     default_cache_dir,
+    uncached,
 )
+from langchain_rtr.predictor.extras import require
 
 EncoderBackend = Literal["sentence-transformers", "onnx", "onnx-int8", "static"]
 BACKENDS: tuple[EncoderBackend, ...] = get_args(EncoderBackend)
-DEFAULT_BACKEND: EncoderBackend = "sentence-transformers"
+DEFAULT_BACKEND: EncoderBackend = "onnx-int8"
+"""The encoder backend wherever none is given (docs/encoders.md has the measurements behind it)."""
 BACKEND_ENV = "RTR_ENCODER_BACKEND"
 THREADS_ENV = "RTR_ENCODER_THREADS"
 
@@ -69,11 +75,24 @@ STATIC_PCA_DIMS = 256
 """The static encoder's vector size (model2vec's PCA default)."""
 
 ONNX_FP32_BATCH = 16
-"""Most texts per ONNX Runtime run of the fp32 encoder. On 2 cores, 500 GSM8K questions encoded
-at a median of 111 per second in runs of 16 against 93 in runs of 64 (4 rounds interleaved)."""
+"""Most texts per ONNX Runtime run of the fp32 encoder: small runs keep the activations in cache
+(docs/encoders.md, "Batch sizes", has the measurement)."""
+
+CHECKPOINT_ARTIFACT_DIR = "encoder"
+"""Where a saved predictor keeps a copy of its encoder's artifact (see :func:`save_artifact`)."""
 
 _ONNX_OPSET = 17
 _BUILT_BACKENDS: tuple[EncoderBackend, ...] = ("onnx", "onnx-int8", "static")
+_BUILD_NEEDS: dict[EncoderBackend, tuple[str, ...]] = {
+    "onnx": ("torch", "transformers", "onnx", "onnxruntime.transformers.optimizer"),
+    "onnx-int8": ("onnx", "onnxruntime.quantization"),
+    "static": ("torch", "transformers", "model2vec.distill"),
+}
+_BUILD_STEPS: dict[EncoderBackend, str] = {
+    "onnx": "exporting the model to ONNX and fusing its graph",
+    "onnx-int8": "quantising the ONNX graph to int8 weights",
+    "static": "distilling a static table (one forward pass per vocabulary token)",
+}
 
 Log = Callable[[str], None]
 
@@ -108,6 +127,10 @@ def resolve_backend(backend: str | None = None) -> EncoderBackend:
 def backend_encoder_id(backend: EncoderBackend, model_name: str = DEFAULT_MODEL_NAME) -> str:
     """The encoder id of ``backend`` over ``model_name`` (``"onnx-int8:all-MiniLM-L6-v2"``)."""
     return f"{backend}:{model_name}"
+
+
+DEFAULT_ENCODER_ID = backend_encoder_id(DEFAULT_BACKEND)
+"""The id of the default encoder: the shipped MiniLM run by :data:`DEFAULT_BACKEND`."""
 
 
 def backend_of_id(encoder_id: str) -> EncoderBackend | None:
@@ -227,12 +250,14 @@ def build_artifact(
     with _build_lock:
         if not force and artifact_ready(target):
             return Artifact(backend, target, built=False, seconds=0.0)
+        for module in _BUILD_NEEDS[backend]:
+            require(module, f"building the {backend} encoder")
         started = time.perf_counter()
-        if log:
-            log(f"building the {backend} encoder from {src} into {target} (once)...")
         fp32 = None
         if backend == "onnx-int8":
             fp32 = build_artifact("onnx", source=source, cache_dir=cache_dir, log=log).path
+        if log:
+            log(f"building the {backend} encoder (once, into {target}): {_BUILD_STEPS[backend]}")
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{backend}.", dir=target.parent))
         try:
@@ -273,8 +298,72 @@ def build_artifact(
             shutil.rmtree(tmp, ignore_errors=True)
         seconds = time.perf_counter() - started
         if log:
-            log(f"{backend} encoder ready in {seconds:.0f} s: {target}")
+            log(f"{backend} encoder built in {seconds:.0f} s")
         return Artifact(backend, target, built=True, seconds=seconds)
+
+
+def artifact_of(encoder: QuestionEncoder) -> Path | None:
+    """The built artifact an encoder runs from (``None`` for sentence-transformers and others)."""
+    inner = uncached(encoder)
+    if isinstance(inner, OnnxEncoder | StaticEncoder) and artifact_ready(inner.directory):
+        return inner.directory
+    return None
+
+
+def save_artifact(encoder: QuestionEncoder, directory: str | Path) -> Path | None:
+    """Copy ``encoder``'s artifact into ``directory/encoder/``: a saved predictor carries it.
+
+    Building an artifact needs torch and the shipped model (the ``[train]`` extra), which the
+    routing-only install lacks; with the copy, that install routes a router trained elsewhere,
+    and with the very vectors it was trained with (a rebuild by other library versions could
+    differ). The copy is written beside and renamed into place; an identical one is kept.
+
+    Returns:
+        The copy's folder, or ``None`` for an encoder without an artifact (nothing written).
+    """
+    source = artifact_of(encoder)
+    if source is None:
+        return None
+    target = Path(directory) / CHECKPOINT_ARTIFACT_DIR
+    manifest = _read_manifest(source)
+    assert manifest is not None  # artifact_of checked it
+    if target.exists() and (
+        _same_dir(source, target) or (artifact_ready(target) and _read_manifest(target) == manifest)
+    ):
+        return target
+    tmp = Path(tempfile.mkdtemp(prefix=".encoder.", dir=target.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide it from other users of the router
+    try:
+        for name in [*manifest["files"], MANIFEST_FILE]:  # the manifest last, as in a build
+            shutil.copyfile(source / name, tmp / name)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def checkpoint_encoder(
+    directory: str | Path, encoder_id: str, *, cache: bool = True
+) -> QuestionEncoder | None:
+    """The encoder a saved predictor carries (:func:`save_artifact`), if it has the given id."""
+    path = Path(directory) / CHECKPOINT_ARTIFACT_DIR
+    manifest = _read_manifest(path)
+    if manifest is None or manifest.get("encoder_id") != encoder_id or not artifact_ready(path):
+        return None
+    backend = manifest.get("backend")
+    if backend not in _BUILT_BACKENDS:
+        return None
+    encoder = _runner(backend, path, encoder_id, threads=None)
+    return CachedEncoder(encoder) if cache else encoder
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _versions() -> dict[str, str]:
@@ -425,7 +514,7 @@ class OnnxEncoder:
         threads: ONNX Runtime intra-op threads (default ``$RTR_ENCODER_THREADS`` or all cores).
         max_batch: Texts per run. Dynamic int8 quantises activations per run, so an int8
             vector would depend on its batch-mates; one text per run keeps it a function of the
-            text alone (and costs little: padding is what batching saves least on 2 cores).
+            text alone (and costs little on a few cores: docs/encoders.md).
     """
 
     def __init__(
@@ -582,7 +671,7 @@ def make_encoder(
 
     Args:
         backend: One of :data:`BACKENDS`; default ``$RTR_ENCODER_BACKEND`` or
-            ``"sentence-transformers"``.
+            :data:`DEFAULT_BACKEND`.
         cache: Wrap in :class:`CachedEncoder` (vectors keyed by this backend's id).
         cache_dir: Root of the embedding cache and of the built artifacts.
         build: Build a missing artifact now (needs torch, once); ``False`` raises instead.
@@ -606,10 +695,15 @@ def make_encoder(
                     f"`rtr encoder {command} --backend {name}`"
                 )
             path = build_artifact(name, cache_dir=cache_dir, log=log).path
-        encoder_id = backend_encoder_id(name)
-        if name == "static":
-            encoder = StaticEncoder(path, encoder_id)
-        else:
-            max_batch = 1 if name == "onnx-int8" else ONNX_FP32_BATCH
-            encoder = OnnxEncoder(path, encoder_id, threads=threads, max_batch=max_batch)
+        encoder = _runner(name, path, backend_encoder_id(name), threads)
     return CachedEncoder(encoder, cache_dir) if cache else encoder
+
+
+def _runner(
+    backend: EncoderBackend, path: Path, encoder_id: str, threads: int | None
+) -> QuestionEncoder:
+    """The encoder that runs a built artifact of ``backend`` found at ``path``."""
+    if backend == "static":
+        return StaticEncoder(path, encoder_id)
+    max_batch = 1 if backend == "onnx-int8" else ONNX_FP32_BATCH
+    return OnnxEncoder(path, encoder_id, threads=threads, max_batch=max_batch)

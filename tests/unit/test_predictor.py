@@ -18,6 +18,7 @@ from langchain_rtr.errors import QuestionTypeError
 from langchain_rtr.predictor import (
     DEFAULT_ENCODER_ID,
     FORMAT_VERSION,
+    SENTENCE_TRANSFORMERS_ID,
     CachedEncoder,
     CheckpointError,
     FactorisedHead,
@@ -533,11 +534,11 @@ def test_cache_is_safe_across_processes(tmp_path: Path) -> None:
 
 
 def test_default_encoder_is_minilm_offline() -> None:
-    plain = default_encoder(cache=False)
+    plain = default_encoder(cache=False, backend="sentence-transformers")
     assert isinstance(plain, SentenceTransformerEncoder)
-    assert plain.id == DEFAULT_ENCODER_ID
+    assert plain.id == SENTENCE_TRANSFORMERS_ID
     by_path = SentenceTransformerEncoder(plain.source)
-    assert by_path.id == DEFAULT_ENCODER_ID  # the bundled copy given by path is the same model
+    assert by_path.id == SENTENCE_TRANSFORMERS_ID  # the bundled copy given by path is the same
     vectors = plain.encode(["What is 2 + 2?", "Who wrote Hamlet?"])
     assert vectors.shape == (2, 384) and vectors.dtype == np.float32
     assert isinstance(default_encoder(), CachedEncoder)
