@@ -40,6 +40,7 @@ from typing import Any, ClassVar, Literal, Protocol, cast, get_args
 import numpy as np
 from rich.table import Table
 
+from langchain_rtr.quantiles import SHOWN_LEVELS, LengthQuantiles, QuantileError
 from langchain_rtr.specs import ModelSpec
 
 Pair = tuple[str, str]
@@ -257,6 +258,8 @@ class TableRow:
     output_tokens: float | None
     usd: float
     cost: float
+    output_token_quantiles: dict[str, float] | None = None
+    """Output tokens at the :data:`~langchain_rtr.quantiles.SHOWN_LEVELS`, keyed ``"p90"``..."""
 
     @property
     def pair(self) -> Pair:
@@ -268,7 +271,9 @@ class TableRow:
 class RoutingTable:
     """Every pair's predicted correctness, output tokens and cost for one question.
 
-    Arrays are ``[P]`` in the order of ``pairs``; ``cost`` is in ``cost_unit``.
+    Arrays are ``[P]`` in the order of ``pairs``; ``cost`` is in ``cost_unit``;
+    ``length_quantiles`` (per pair, ``None`` without them) bound ``output_tokens`` at a
+    confidence.
     """
 
     question: str
@@ -278,6 +283,11 @@ class RoutingTable:
     usd: np.ndarray
     cost: np.ndarray
     cost_unit: CostUnit
+    length_quantiles: LengthQuantiles | None = None
+
+    def output_tokens_at(self, confidence: float) -> np.ndarray | None:
+        """``[P]`` output tokens real output stays under with probability ``confidence``."""
+        return _tokens_at(self.output_tokens, self.length_quantiles, confidence)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -306,6 +316,11 @@ class RoutingTable:
         """The rows, in pair order or sorted by ``sort_by``."""
         idx = range(len(self.pairs)) if sort_by is None else self.order(sort_by, descending)
         tok = self.output_tokens
+        shown: dict[str, np.ndarray] = {}
+        if tok is not None and self.length_quantiles is not None:
+            shown = {
+                f"p{round(c * 100)}": self.length_quantiles.upper(tok, c) for c in SHOWN_LEVELS
+            }
         return [
             TableRow(
                 model=self.pairs[j][0],
@@ -314,6 +329,7 @@ class RoutingTable:
                 output_tokens=None if tok is None else float(tok[j]),
                 usd=float(self.usd[j]),
                 cost=float(self.cost[j]),
+                output_token_quantiles={k: float(v[j]) for k, v in shown.items()} or None,
             )
             for j in idx
         ]
@@ -337,20 +353,20 @@ class RoutingTable:
     def __rich__(self) -> Table:
         title = self.question if len(self.question) <= 80 else self.question[:77] + "..."
         table = Table(title=title, title_justify="left")
-        for name, justify in (
-            ("model", "left"),
-            ("strategy", "left"),
-            ("P(correct)", "right"),
-            ("out tokens", "right"),
-            ("$", "right"),
-        ):
+        rows = self.rows("correctness")
+        levels = list(rows[0].output_token_quantiles or {}) if rows else []
+        columns = [("model", "left"), ("strategy", "left"), ("P(correct)", "right")]
+        columns += [("out tokens", "right")] + [(f"tokens {k}", "right") for k in levels]
+        for name, justify in [*columns, ("$", "right")]:
             table.add_column(name, justify=justify)  # type: ignore[arg-type]
-        for r in self.rows("correctness"):
+        for r in rows:
+            quantiles = r.output_token_quantiles or {}
             table.add_row(
                 r.model,
                 r.strategy,
                 f"{r.correctness:.3f}",
                 "-" if r.output_tokens is None else f"{r.output_tokens:,.0f}",
+                *(_tokens_text(quantiles[k]) for k in levels),
                 f"{r.usd:.3g}",
             )
         return table
@@ -367,6 +383,11 @@ class RoutingTables:
     usd: np.ndarray
     cost: np.ndarray
     cost_unit: CostUnit
+    length_quantiles: LengthQuantiles | None = None
+
+    def output_tokens_at(self, confidence: float) -> np.ndarray | None:
+        """``[n, P]`` output tokens real output stays under with probability ``confidence``."""
+        return _tokens_at(self.output_tokens, self.length_quantiles, confidence)
 
     @classmethod
     def from_prediction(
@@ -374,6 +395,7 @@ class RoutingTables:
     ) -> RoutingTables:
         """Combine a prediction with the cost model."""
         costs = cost_model.predicted(prediction, questions)
+        quantiles = getattr(prediction, "length_quantiles", None)
         return cls(
             questions=list(questions),
             pairs=list(cost_model.pairs),
@@ -382,6 +404,7 @@ class RoutingTables:
             usd=costs.usd,
             cost=costs.cost,
             cost_unit=cost_model.unit,
+            length_quantiles=quantiles if isinstance(quantiles, LengthQuantiles) else None,
         )
 
     def __len__(self) -> int:
@@ -396,10 +419,32 @@ class RoutingTables:
             usd=self.usd[i],
             cost=self.cost[i],
             cost_unit=self.cost_unit,
+            length_quantiles=self.length_quantiles,
         )
 
     def __iter__(self) -> Iterator[RoutingTable]:
         return (self[i] for i in range(len(self)))
+
+
+def _tokens_at(
+    tokens: np.ndarray | None, quantiles: LengthQuantiles | None, confidence: float
+) -> np.ndarray | None:
+    if tokens is None:
+        return None
+    if quantiles is None:
+        raise RoutingError(
+            f"no length quantiles to bound output tokens at confidence {confidence}: the "
+            "predictor has none (a checkpoint saved before they existed, or a cascade); "
+            "retrain it, or route on the point estimate"
+        )
+    try:
+        return quantiles.upper(tokens, confidence)
+    except QuantileError as exc:
+        raise RoutingError(str(exc)) from exc
+
+
+def _tokens_text(value: float) -> str:
+    return f"{value:,.0f}" if math.isfinite(value) else "inf"
 
 
 # --------------------------------------------------------------------------------------------
@@ -480,6 +525,7 @@ class Policy(ABC):
         tokens: np.ndarray | None,
         cost: np.ndarray,
         allowed: np.ndarray | None = None,
+        length_quantiles: LengthQuantiles | None = None,
     ) -> Choice:
         """Pick a pair per row.
 
@@ -488,6 +534,8 @@ class Policy(ABC):
             tokens: ``[n, P]`` predicted output tokens, or ``None`` (token budgets need them).
             cost: ``[n, P]`` predicted cost in the router's unit divided by its cost scale.
             allowed: ``[P]`` or ``[n, P]`` boolean mask of candidate pairs (default: all).
+            length_quantiles: Per-pair quantiles of ``tokens`` (a budget with a confidence
+                needs them; other policies ignore them).
 
         Returns:
             The chosen columns, statuses and the full preference ranking.
@@ -548,22 +596,71 @@ class Tradeoff(Policy):
 class TokenBudget(Policy):
     """Most likely correct pair whose predicted output tokens fit ``max_tokens``.
 
+    With ``confidence=c`` a pair fits only when its ``c``-quantile of output tokens does
+    (:class:`~langchain_rtr.quantiles.LengthQuantiles`): the budget then truncates about a
+    share ``1 - c`` of the calls it admits, where the point estimate (``confidence=None``,
+    the default) truncates about half of those predicted near the budget.
+
     When nothing fits: with ``on_no_fit="none"`` (default) no pair is chosen and the status is
-    ``"no_pair_fits"``; with ``"fewest_tokens"`` the shortest pair is chosen with status
-    ``"over_budget"``. The chosen pair's predicted tokens never exceed the budget otherwise.
+    ``"no_pair_fits"``; with ``"fewest_tokens"`` the shortest pair (by the tokens the budget
+    is checked on) is chosen with status ``"over_budget"``; with ``"best_bet"`` (needs length
+    quantiles) the pair with the highest ``P(correct) x P(real tokens <= max_tokens)``, the
+    likeliest to give a right answer that is not cut off, with status ``"over_budget"``. The
+    chosen pair's predicted tokens (its quantile, with a confidence) never exceed the budget
+    otherwise.
     """
 
     max_tokens: float
-    on_no_fit: Literal["none", "fewest_tokens"] = "none"
+    on_no_fit: Literal["none", "fewest_tokens", "best_bet"] = "none"
+    confidence: float | None = None
     name: ClassVar[str] = "token_budget"
 
     def __post_init__(self) -> None:
         if not (float(self.max_tokens) >= 0):
             raise RoutingError(f"TokenBudget max_tokens must be >= 0, got {self.max_tokens!r}")
-        if self.on_no_fit not in ("none", "fewest_tokens"):
+        if self.on_no_fit not in ("none", "fewest_tokens", "best_bet"):
             raise RoutingError(
-                f"on_no_fit must be 'none' or 'fewest_tokens', got {self.on_no_fit!r}"
+                f"on_no_fit must be 'none', 'fewest_tokens' or 'best_bet', got {self.on_no_fit!r}"
             )
+        c = self.confidence
+        if c is not None and (
+            isinstance(c, bool) or not isinstance(c, int | float) or not 0.0 < float(c) < 1.0
+        ):
+            raise RoutingError(f"TokenBudget confidence must be in (0, 1) or None, got {c!r}")
+
+    def choose(
+        self,
+        correctness: np.ndarray,
+        tokens: np.ndarray | None,
+        cost: np.ndarray,
+        allowed: np.ndarray | None = None,
+        length_quantiles: LengthQuantiles | None = None,
+    ) -> Choice:
+        """As :meth:`Policy.choose`, on the ``confidence``-quantile of tokens when one is set."""
+        point = tokens
+        if self.confidence is not None and tokens is not None:
+            tokens = _tokens_at(np.asarray(tokens), length_quantiles, self.confidence)
+        if self.on_no_fit != "best_bet" or point is None:
+            return super().choose(correctness, tokens, cost, allowed)
+        if length_quantiles is None:
+            raise RoutingError('TokenBudget(on_no_fit="best_bet") needs length quantiles')
+        choice = replace(self, on_no_fit="none").choose(
+            correctness, point, cost, allowed, length_quantiles
+        )
+        a, t, _, mask = _as_arrays(correctness, point, cost, allowed)
+        assert t is not None
+        stuck = (choice.index < 0) & mask.any(axis=1)
+        if not stuck.any():
+            return choice
+        bet = np.where(mask, a * length_quantiles.fit_probability(t, self.max_tokens), -np.inf)
+        order = np.lexsort((t, -a, -bet), axis=-1)  # best bet, then more accurate, shorter
+        index, status = choice.index.copy(), choice.status.copy()
+        ranking, n_ranked = choice.ranking.copy(), choice.n_ranked.copy()
+        index[stuck] = order[stuck, 0]
+        status[stuck] = STATUS_OVER_BUDGET
+        ranking[stuck] = order[stuck]
+        n_ranked[stuck] = mask[stuck].sum(axis=1)
+        return Choice(index=index, status=status, ranking=ranking, n_ranked=n_ranked)
 
     def _keys(
         self, a: np.ndarray, t: np.ndarray | None, c: np.ndarray, allowed: np.ndarray
@@ -967,7 +1064,13 @@ class RTRRouter:
         policy = policy or self.default_policy
         mask = allowed if isinstance(allowed, np.ndarray) else self.allowed_mask(allowed)
         scale = self._scale(tables) if policy.needs_cost_scale else (self.cost_scale or 1.0)
-        choice = policy.choose(tables.correctness, tables.output_tokens, tables.cost / scale, mask)
+        choice = policy.choose(
+            tables.correctness,
+            tables.output_tokens,
+            tables.cost / scale,
+            mask,
+            tables.length_quantiles,
+        )
         spec = policy.to_dict()
         decisions: list[Decision] = []
         tok = tables.output_tokens

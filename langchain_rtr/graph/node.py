@@ -316,6 +316,9 @@ class RTRNode:
         min_call_tokens: A pair is only called with at least this many `max_tokens`.
         input_tokens: Upper bound on a rendered prompt's tokens (default:
             `input_token_bound`: UTF-8 bytes + template overhead).
+        confidence: When set, a pair fits a share only if its `confidence`-quantile of output
+            tokens does (the router's length quantiles), and weighted shares use that
+            quantile: fewer answers are cut off at their share's `max_tokens`.
     """
 
     def __init__(
@@ -329,6 +332,7 @@ class RTRNode:
         policy: Any = None,
         min_call_tokens: int = 16,
         input_tokens: Callable[[list[BaseMessage]], int] | None = None,
+        confidence: float | None = None,
     ) -> None:
         router: Any = getattr(rtr, "router", None)
         for attr in ("tables", "decide", "pairs", "models"):
@@ -349,6 +353,9 @@ class RTRNode:
             raise ConfigError(f"max_concurrency: expected an int >= 1, got {max_concurrency!r}")
         if min_call_tokens < 1:
             raise ConfigError(f"min_call_tokens: expected an int >= 1, got {min_call_tokens!r}")
+        if confidence is not None and not 0.0 < float(confidence) < 1.0:
+            raise ConfigError(f"confidence: expected a number in (0, 1), got {confidence!r}")
+        self.confidence = confidence
         self.rtr = rtr
         self.router = router
         self.budget = Budget.coerce(budget, "create_rtr_node(budget=...)")
@@ -435,12 +442,20 @@ class RTRNode:
             update["results"] = skipped
         return update
 
+    def _tokens(self, tables: Any) -> np.ndarray | None:
+        """``[n, P]`` tokens budgets are checked on: the point estimate or its quantile."""
+        if tables.output_tokens is None or self.confidence is None:
+            return cast(np.ndarray | None, tables.output_tokens)
+        return cast(np.ndarray, tables.output_tokens_at(self.confidence))
+
     def _weights(self, pending: list[_Item], tables: Any) -> list[float]:
         predicted: list[float | None] = [None] * len(pending)
         if tables is not None and tables.output_tokens is not None:
             mask = np.broadcast_to(self.usable, (len(pending), len(self.pairs)))
+            tokens = self._tokens(tables)
             for i, d in enumerate(self.router.decide(tables, self.policy, mask)):
-                predicted[i] = _float(d.output_tokens)
+                if d.pair is not None and tokens is not None:
+                    predicted[i] = _float(tokens[i, self.pairs.index(d.pair)])
         out: list[float] = []
         for item, pred in zip(pending, predicted, strict=True):
             w = item.weight if item.weight is not None else pred
@@ -461,7 +476,8 @@ class RTRNode:
         ``bounds`` (prompt-token bound per strategy) defaults to the rendered question alone.
         """
         bounds = dict(bounds) if bounds is not None else self._bounds(item.question)
-        tok = None if tables.output_tokens is None else np.asarray(tables.output_tokens[row])
+        tokens = self._tokens(tables)
+        tok = None if tokens is None else np.asarray(tokens[row])
         usd = np.asarray(tables.usd[row])
         caps: list[int | None] = []
         fits = np.zeros(len(self.pairs), dtype=bool)
@@ -657,6 +673,7 @@ def create_rtr_node(
     min_call_tokens: int = 16,
     input_tokens: Callable[[list[BaseMessage]], int] | None = None,
     name: str = "rtr",
+    confidence: float | None = None,
 ) -> CompiledStateGraph[Any, Any, Any, Any]:
     """A budget-aware RTR node for a `StateGraph` whose state has the `RTRState` keys.
 
@@ -680,5 +697,6 @@ def create_rtr_node(
         policy=policy,
         min_call_tokens=min_call_tokens,
         input_tokens=input_tokens,
+        confidence=confidence,
     )
     return node.compile(name=name)
