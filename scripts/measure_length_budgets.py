@@ -14,8 +14,9 @@ Budgets B are the 25th, 37.5th, 50th, 62.5th and 75th percentiles of the trainin
 lengths. Each policy chooses among the pairs observed for that question. A call is *truncated*
 when its real output exceeds B (the call's ``max_tokens`` is B); a truncated answer is wrong.
 
-Printed per set and budget (means over seeds): the share of admitted calls (status ``ok``)
-that are truncated, the share of questions that fell back to ``over_budget``, and accuracy.
+Printed per set and budget: the admitted calls (status ``ok``) over all seeds and the share of
+them truncated (pooled over seeds), and, as means over seeds, the share of questions that fell
+back to ``over_budget`` and accuracy.
 
     HF_HUB_OFFLINE=1 .venv/bin/python scripts/measure_length_budgets.py \\
         --data routellm-gsm8k routerarena smol-arith --seeds 0 1 2 \\
@@ -35,6 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from langchain_rtr import workflow
+from langchain_rtr.evaluation.lengths import length_accuracy
 from langchain_rtr.predictor import RTRPredictor, TrainConfig
 from langchain_rtr.routing import STATUS_OK, RTRRouter, TokenBudget
 
@@ -116,12 +118,21 @@ def measure_seed(data: str, seed: int, cache: Path | None = None) -> dict[str, A
                     "accuracy": float(np.mean(np.where(truncated, 0.0, got_score))),
                 }
             )
+    assert prediction.output_tokens is not None
+    lengths = length_accuracy(
+        np.asarray(prediction.output_tokens, np.float64),
+        test,
+        train,
+        router.pairs,
+        quantiles=tables.length_quantiles,
+    )
     return {
         "data": data,
         "seed": seed,
         "n_test": int(keep.sum()),
         "coverage": coverage,
         "rows": rows,
+        "lengths": lengths.to_dict() if lengths is not None else None,
     }
 
 
@@ -139,9 +150,16 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             r for run in runs for r in run["rows"] if (r["percentile"], r["policy"]) == (pct, name)
         ]
         row: dict[str, Any] = {"percentile": pct, "policy": name}
+        admitted = sum(int(r["admitted"]) for r in same)
+        row["admitted"] = admitted  # over all seeds; truncation among them is pooled
+        row["truncated_admitted"] = (
+            sum(float(r["truncated_admitted"]) * int(r["admitted"]) for r in same if r["admitted"])
+            / admitted
+            if admitted
+            else float("nan")
+        )
         for field in (
             "budget",
-            "truncated_admitted",
             "over_budget_share",
             "truncated_all",
             "accuracy",
@@ -179,6 +197,7 @@ def print_set(data: str, runs: list[dict[str, Any]], rows: list[dict[str, Any]])
         "pct",
         "budget",
         "policy",
+        "admitted",
         "trunc (admitted)",
         "over budget",
         "trunc (all)",
@@ -190,6 +209,7 @@ def print_set(data: str, runs: list[dict[str, Any]], rows: list[dict[str, Any]])
             f"{r['percentile']:g}",
             f"{r['budget']:.0f}",
             r["policy"],
+            str(r["admitted"]),
             f"{r['truncated_admitted']:.3f}",
             f"{r['over_budget_share']:.3f}",
             f"{r['truncated_all']:.3f}",
@@ -201,6 +221,14 @@ def print_set(data: str, runs: list[dict[str, Any]], rows: list[dict[str, Any]])
         "coverage of the c-quantile on all observed test cells: "
         + ", ".join(f"c={c}: {v:.3f}" for c, v in cov.items())
     )
+    lengths = [run["lengths"] for run in runs if run["lengths"]]
+    for k, model in enumerate(lengths[0]["models"] if lengths else []):
+        figures = []
+        for t in lengths[0]["tolerances"]:
+            rtr = _mean([run["models"][k]["within"][str(t)] for run in lengths])
+            base = _mean([run["models"][k]["baseline_within"][str(t)] for run in lengths])
+            figures.append(f"±{t}: {rtr:.3f} (median {base:.3f})")
+        console.print(f"length accuracy {model['model']}: " + ", ".join(figures))
     for c, v in verdict(rows).items():
         console.print(
             f"c={c}: max truncation among admitted {v['max_truncated_admitted']:.3f} "
@@ -208,6 +236,29 @@ def print_set(data: str, runs: list[dict[str, Any]], rows: list[dict[str, Any]])
             f"min accuracy gain over point {v['min_accuracy_gain']:+.3f} "
             f"({'met' if v['accuracy_ok'] else 'NOT met'})"
         )
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The seed means as one markdown table per set (for docs/quality.md)."""
+    out: list[str] = []
+    for data, result in results.items():
+        runs = result["runs"]
+        out.append(f"**{data}** ({len(runs)} seeds, {runs[0]['n_test']} test questions each)\n")
+        out.append(
+            "| budget (pct) | policy | admitted calls | truncated, of admitted | over budget "
+            "| accuracy (vs point) |"
+        )
+        out.append("|---|---|---|---|---|---|")
+        point = {r["percentile"]: r for r in result["means"] if r["policy"] == "point"}
+        for r in result["means"]:
+            gain = r["accuracy"] - point[r["percentile"]]["accuracy"]
+            acc = f"{r['accuracy']:.3f}" + ("" if r["policy"] == "point" else f" ({gain:+.3f})")
+            out.append(
+                f"| {r['budget']:.0f} ({r['percentile']:g}) | {r['policy']} | {r['admitted']} | "
+                f"{r['truncated_admitted']:.3f} | {r['over_budget_share']:.3f} | {acc} |"
+            )
+        out.append("")
+    return "\n".join(out)
 
 
 def plot(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
@@ -244,6 +295,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None)
+    parser.add_argument("--markdown", type=Path, default=None)
     parser.add_argument("--cache", type=Path, default=None, help="Keep trained predictors here.")
     args = parser.parse_args()
     everything: dict[str, Any] = {}
@@ -257,6 +309,9 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(everything, indent=2) + "\n")
         console.print(f"json: {args.json}")
+    if args.markdown:
+        args.markdown.write_text(markdown(everything))
+        console.print(f"markdown: {args.markdown}")
     if args.plot:
         plot(means, args.plot)
 
