@@ -180,6 +180,20 @@ class LengthQuantiles:
         out: np.ndarray = levels[met]
         return out
 
+    def wider(self, other: LengthQuantiles) -> LengthQuantiles:
+        """Per pair and level the larger offset of the two: a bound that holds for both.
+
+        For a prediction whose rows come from two predictors (a cascade).
+        """
+        if other.n_pairs != self.n_pairs or not np.array_equal(other.levels, self.levels):
+            raise QuantileError("length quantiles over other pairs or levels cannot be combined")
+        return LengthQuantiles(
+            levels=self.levels,
+            offsets=np.maximum(self.offsets, other.offsets),
+            counts=np.minimum(self.counts, other.counts),
+            pooled=self.pooled | other.pooled,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (``inf`` stays ``Infinity``, as the checkpoint's JSON writes it)."""
         return {

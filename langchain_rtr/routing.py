@@ -434,7 +434,7 @@ def _tokens_at(
     if quantiles is None:
         raise RoutingError(
             f"no length quantiles to bound output tokens at confidence {confidence}: the "
-            "predictor has none (a checkpoint saved before they existed, or a cascade); "
+            "predictor has none (a checkpoint saved before they existed); "
             "retrain it, or route on the point estimate"
         )
     try:

@@ -228,3 +228,29 @@ def test_the_routing_table_shows_the_quantiles(spread: LengthQuantiles) -> None:
     console.print(table)
     assert "tokens p90" in console.export_text()
     assert table.to_dicts()[0]["output_token_quantiles"]["p95"] > 0
+
+
+def test_wider_bounds_hold_for_both_and_refuse_other_pairs() -> None:
+    rng = np.random.default_rng(7)
+    narrow = LengthQuantiles.calibrate(*lognormal_lengths(rng, 500, [100.0, 100.0], [0.1, 0.5]))
+    wide = LengthQuantiles.calibrate(*lognormal_lengths(rng, 500, [100.0, 100.0], [0.5, 0.1]))
+    both = narrow.wider(wide)
+    for c in (0.5, 0.9):
+        assert np.all(both.offset(c) >= np.maximum(narrow.offset(c), wide.offset(c)) - 1e-12)
+        assert np.all(both.offset(c) <= np.maximum(narrow.offset(c), wide.offset(c)) + 1e-12)
+    one = LengthQuantiles.calibrate(*lognormal_lengths(rng, 50, [100.0], [0.1]))
+    with pytest.raises(QuantileError, match="cannot be combined"):
+        narrow.wider(one)
+
+
+def test_a_cascade_prediction_carries_bounds_for_both_predictors() -> None:
+    from langchain_rtr.predictor.cascade import CascadePredictor
+
+    train = planted_matrix(120, seed=8)
+    fast, full = train_fake(train), train_fake(train)
+    assert fast.length_quantiles is not None and full.length_quantiles is not None
+    cascade = CascadePredictor.fit(fast, full, train.questions, share=1.0)
+    prediction = cascade.predict(planted_matrix(20, seed=9).questions)
+    assert prediction.length_quantiles is not None
+    expected = fast.length_quantiles.wider(full.length_quantiles)
+    np.testing.assert_array_equal(prediction.length_quantiles.offsets, expected.offsets)
