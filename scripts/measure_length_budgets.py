@@ -19,8 +19,8 @@ them truncated (pooled over seeds), and, as means over seeds, the share of quest
 back to ``over_budget`` and accuracy.
 
     HF_HUB_OFFLINE=1 .venv/bin/python scripts/measure_length_budgets.py \\
-        --data routellm-gsm8k routerarena smol-arith --seeds 0 1 2 \\
-        --json length-budgets.json --plot docs/img/length-budgets.png
+        --data routellm-gsm8k routerarena smol-arith faithful-cot --seeds 0 1 2 \\
+        --json length-budgets.json --markdown length-budgets.md --plot docs/img/length-budgets.png
 """
 
 from __future__ import annotations
@@ -290,7 +290,7 @@ def plot(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--data", nargs="+", default=["routellm-gsm8k", "routerarena", "smol-arith"]
+        "--data", nargs="+", default=["routellm-gsm8k", "routerarena", "smol-arith", "faithful-cot"]
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--json", type=Path, default=None)
