@@ -362,6 +362,11 @@ def eval_(
         report = evaluate(router, train_part, test, name=routing_set.name)
     _print_report(report, plot, json_out)
     _print_cascade_share(router)
+    from langchain_rtr.evaluation.lengths import router_length_accuracy
+
+    lengths = router_length_accuracy(router, test, train_part)
+    if lengths is not None:
+        console.print(lengths)
 
 
 def _eval_loso(data: str, seed: int, encoder: str | None, json_out: Path | None) -> None:

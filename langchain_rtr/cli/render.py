@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from rich.table import Table
 
 from langchain_rtr.routing import RoutingTable
@@ -11,20 +13,24 @@ def routing_table_view(table: RoutingTable) -> Table:
     """One question's routing table, most likely correct pair first."""
     title = table.question if len(table.question) <= 80 else table.question[:77] + "..."
     view = Table(title=title, title_justify="left")
-    for name, justify in (
-        ("model", "left"),
-        ("strategy", "left"),
-        ("P(correct)", "right"),
-        ("out tokens", "right"),
-        ("$", "right"),
-    ):
+    rows = table.rows("correctness")
+    levels = list(rows[0].output_token_quantiles or {}) if rows else []
+    columns = [("model", "left"), ("strategy", "left"), ("P(correct)", "right")]
+    columns += [("out tokens", "right")] + [(f"tokens {k}", "right") for k in levels]
+    for name, justify in [*columns, ("$", "right")]:
         view.add_column(name, justify=justify)  # type: ignore[arg-type]
-    for r in table.rows("correctness"):
+    for r in rows:
+        quantiles = r.output_token_quantiles or {}
         view.add_row(
             r.model,
             r.strategy,
             f"{r.correctness:.3f}",
             "-" if r.output_tokens is None else f"{r.output_tokens:,.0f}",
+            *(_tokens_text(quantiles[k]) for k in levels),
             f"{r.usd:.3g}",
         )
     return view
+
+
+def _tokens_text(value: float) -> str:
+    return f"{value:,.0f}" if math.isfinite(value) else "inf"

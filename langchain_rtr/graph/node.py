@@ -60,6 +60,7 @@ from langchain_rtr.graph.planner import (
     SubtaskStatus,
     finite_or_none,
     pair_key,
+    budget_tokens,
     plan_call,
     subtask_result,
 )
@@ -212,6 +213,9 @@ class RTRNode:
         min_call_tokens: A pair is only called with at least this many `max_tokens`.
         input_tokens: Upper bound on a rendered prompt's tokens (default:
             `input_token_bound`: UTF-8 bytes + template overhead).
+        confidence: When set, a pair fits a share only if its `confidence`-quantile of output
+            tokens does (the router's length quantiles), and weighted shares use that
+            quantile: fewer answers are cut off at their share's `max_tokens`.
     """
 
     def __init__(
@@ -225,6 +229,7 @@ class RTRNode:
         policy: Any = None,
         min_call_tokens: int = 16,
         input_tokens: Callable[[list[BaseMessage]], int] | None = None,
+        confidence: float | None = None,
     ) -> None:
         router: Any = getattr(rtr, "router", None)
         for attr in ("tables", "decide", "pairs", "models"):
@@ -245,6 +250,9 @@ class RTRNode:
             raise ConfigError(f"max_concurrency: expected an int >= 1, got {max_concurrency!r}")
         if min_call_tokens < 1:
             raise ConfigError(f"min_call_tokens: expected an int >= 1, got {min_call_tokens!r}")
+        if confidence is not None and not 0.0 < float(confidence) < 1.0:
+            raise ConfigError(f"confidence: expected a number in (0, 1), got {confidence!r}")
+        self.confidence = confidence
         self.rtr = rtr
         self.router = router
         self.budget = Budget.coerce(budget, "create_rtr_node(budget=...)")
@@ -273,6 +281,7 @@ class RTRNode:
             policy=self.policy,
             min_call_tokens=self.min_call_tokens,
             on_exhausted=self.on_exhausted,
+            confidence=self.confidence,
         )
 
     def _spec(self, model: str) -> ModelSpec:
@@ -345,12 +354,18 @@ class RTRNode:
             update["results"] = skipped
         return update
 
+    def _tokens(self, tables: Any) -> np.ndarray | None:
+        """``[n, P]`` tokens budgets are checked on: the point estimate or its quantile."""
+        return budget_tokens(tables, self.confidence)
+
     def _weights(self, pending: list[SubtaskItem], tables: Any) -> list[float]:
         predicted: list[float | None] = [None] * len(pending)
         if tables is not None and tables.output_tokens is not None:
             mask = np.broadcast_to(self.usable, (len(pending), len(self.pairs)))
+            tokens = self._tokens(tables)
             for i, d in enumerate(self.router.decide(tables, self.policy, mask)):
-                predicted[i] = finite_or_none(d.output_tokens)
+                if d.pair is not None and tokens is not None:
+                    predicted[i] = finite_or_none(tokens[i, self.pairs.index(d.pair)])
         out: list[float] = []
         for item, pred in zip(pending, predicted, strict=True):
             w = item.weight if item.weight is not None else pred
@@ -473,6 +488,7 @@ def create_rtr_node(
     min_call_tokens: int = 16,
     input_tokens: Callable[[list[BaseMessage]], int] | None = None,
     name: str = "rtr",
+    confidence: float | None = None,
 ) -> CompiledStateGraph[Any, Any, Any, Any]:
     """A budget-aware RTR node for a `StateGraph` whose state has the `RTRState` keys.
 
@@ -496,5 +512,6 @@ def create_rtr_node(
         policy=policy,
         min_call_tokens=min_call_tokens,
         input_tokens=input_tokens,
+        confidence=confidence,
     )
     return node.compile(name=name)

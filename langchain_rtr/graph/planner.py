@@ -91,6 +91,8 @@ class PlanSettings:
         policy: The routing policy.
         min_call_tokens: A pair is only called with at least this many `max_tokens`.
         on_exhausted: What happens when no pair fits the share.
+        confidence: When set, a pair fits a share only if its `confidence`-quantile of output
+            tokens does (the router's length quantiles), not its point estimate.
     """
 
     router: Any
@@ -99,10 +101,18 @@ class PlanSettings:
     policy: Any
     min_call_tokens: int
     on_exhausted: OnExhausted
+    confidence: float | None = None
 
     def spec(self, model: str) -> ModelSpec:
         """The model's spec (prices, its own max_tokens)."""
         return cast(ModelSpec, self.router.models[model])
+
+
+def budget_tokens(tables: Any, confidence: float | None) -> np.ndarray | None:
+    """``[n, P]`` output tokens a share is checked on: the point estimate, or its quantile."""
+    if tables.output_tokens is None or confidence is None:
+        return cast(np.ndarray | None, tables.output_tokens)
+    return cast(np.ndarray, tables.output_tokens_at(confidence))
 
 
 def pair_key(pair: Pair) -> str:
@@ -184,7 +194,8 @@ def plan_call(
     the same task; the node and the agent middleware both plan with it.
     """
     bounds = dict(bounds)
-    tok = None if tables.output_tokens is None else np.asarray(tables.output_tokens[row])
+    tokens = budget_tokens(tables, settings.confidence)
+    tok = None if tokens is None else np.asarray(tokens[row])
     usd = np.asarray(tables.usd[row])
     caps: list[int | None] = []
     fits = np.zeros(len(settings.pairs), dtype=bool)

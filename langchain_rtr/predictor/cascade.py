@@ -177,7 +177,12 @@ class CascadePredictor:
         if tokens is not None and full.output_tokens is not None:
             tokens = tokens.copy()
             tokens[hard] = full.output_tokens
-        return Prediction(correctness=correctness, output_tokens=tokens)
+        bounds = quick.length_quantiles
+        if bounds is not None and full.length_quantiles is not None:
+            bounds = bounds.wider(full.length_quantiles)  # rows come from either predictor
+        else:
+            bounds = None
+        return Prediction(correctness, tokens, bounds)
 
     def save(self, directory: str | Path) -> None:
         """Write ``fast/`` and ``full/`` checkpoints and ``cascade.json`` (the threshold)."""

@@ -47,6 +47,7 @@ from langchain_rtr.predictor.scoring import (
     ScoringError,
     member_prefixes,
 )
+from langchain_rtr.quantiles import LengthQuantiles, QuantileError
 
 if TYPE_CHECKING:
     import torch
@@ -81,10 +82,25 @@ class Prediction:
         output_tokens: float32 ``[n_questions, n_pairs]``, predicted output tokens; ``None`` when
             the predictor has no length head (its training data had no lengths), in which case
             cost comes from price alone.
+        length_quantiles: Per-pair calibration of ``output_tokens`` into quantiles (``None``
+            without a length head, or for a checkpoint saved before they existed).
     """
 
     correctness: np.ndarray
     output_tokens: np.ndarray | None
+    length_quantiles: LengthQuantiles | None = None
+
+    def output_tokens_at(self, confidence: float) -> np.ndarray | None:
+        """``[n, P]`` output tokens that real output stays under with probability ``confidence``.
+
+        Raises:
+            PredictorError: There are point estimates but no quantiles to bound them with.
+        """
+        if self.output_tokens is None:
+            return None
+        if self.length_quantiles is None:
+            raise PredictorError("this prediction has no length quantiles to bound tokens with")
+        return self.length_quantiles.upper(self.output_tokens, confidence)
 
 
 @dataclass
@@ -241,6 +257,9 @@ class RTRPredictor:
         config: The hyperparameters it was trained with.
         length_scale: Training targets are ``log1p(tokens) / length_scale``.
         summary: What happened in training.
+        length_quantiles: Conformal quantiles of the length head's log residuals, per pair,
+            from each member's own validation part (``None`` without a length head or in a
+            checkpoint saved before they existed).
     """
 
     def __init__(
@@ -255,6 +274,7 @@ class RTRPredictor:
         strategy_descriptions: Mapping[str, str],
         summary: TrainingSummary | None = None,
         state: Mapping[str, np.ndarray] | None = None,
+        length_quantiles: LengthQuantiles | None = None,
     ) -> None:
         if net is None and state is None:
             raise PredictorError("RTRPredictor needs the network or its state dict")
@@ -269,6 +289,7 @@ class RTRPredictor:
         self.model_descriptions = dict(model_descriptions)
         self.strategy_descriptions = dict(strategy_descriptions)
         self.summary = summary or TrainingSummary()
+        self.length_quantiles = length_quantiles
         self._numpy: NumpyScorer | None = None
 
     @property
@@ -384,6 +405,7 @@ class RTRPredictor:
         length_t = torch.from_numpy(log_tokens / length_scale) if length_scale else None
         summary = TrainingSummary()
         members: list[RTRNet] = []
+        held_out: list[tuple[np.ndarray, np.ndarray]] = []  # (predicted, real) tokens
         for member, seed in enumerate(member_seeds(config.seed, config.ensemble)):
             rng = np.random.default_rng(seed)
             train_idx, val_idx = _validation_split(rows.size, config.validation_fraction, rng)
@@ -419,6 +441,10 @@ class RTRPredictor:
                     progress=on_epoch,
                 )
             members.append(net)
+            if length_scale is not None and len(val_idx):
+                val_t = torch.from_numpy(val_idx)
+                predicted = _predicted_tokens(net, question_t[val_t], length_scale)
+                held_out.append((predicted, tokens[rows][val_idx]))
             summary.epochs.append(fit.epochs)
             summary.best_epochs.append(fit.best_epoch)
             summary.best_validation_losses.append(fit.best_validation_loss)
@@ -433,6 +459,11 @@ class RTRPredictor:
             model_descriptions={m: model_descriptions[m] for m in models},
             strategy_descriptions={s: strategy_descriptions[s] for s in strategies},
             summary=summary,
+            length_quantiles=LengthQuantiles.calibrate(
+                np.concatenate([p for p, _ in held_out]), np.concatenate([r for _, r in held_out])
+            )
+            if held_out
+            else None,
         )
 
     # ---------------------------------------------------------------- prediction
@@ -457,7 +488,7 @@ class RTRPredictor:
                 f"embeddings have shape {q.shape}; expected (n, {self.question_dim})"
             )
         correctness, length = self._numpy_scorer().score(q)
-        return Prediction(correctness=correctness, output_tokens=length)
+        return Prediction(correctness, length, self.length_quantiles)
 
     def _numpy_scorer(self) -> NumpyScorer:
         """The torch-free scorer, built once from the weights."""
@@ -520,6 +551,8 @@ class RTRPredictor:
             "strategy_descriptions": self.strategy_descriptions,
             "training": {k: v for k, v in asdict(self.summary).items() if k != "history"},
         }
+        if self.length_quantiles is not None:
+            config["length_quantiles"] = self.length_quantiles.to_dict()
         _atomic_write(
             directory / WEIGHTS_FILE,
             lambda path: save_file(tensors, path, metadata={"format": FORMAT_NAME}),
@@ -587,6 +620,13 @@ class RTRPredictor:
             has_length = bool(config["has_length_head"])
             norm = config.get("length_normalisation") or {}
             length_scale = float(norm["scale"]) if has_length else None
+            quantiles = (
+                LengthQuantiles.from_dict(config["length_quantiles"], len(pairs))
+                if has_length and config.get("length_quantiles") is not None
+                else None
+            )
+        except QuantileError as exc:
+            raise CheckpointError(f"{directory / CONFIG_FILE}: length_quantiles: {exc}") from exc
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{directory / CONFIG_FILE}: malformed config ({exc!r})") from exc
         _check_names("models", models, expected_models, directory)
@@ -623,7 +663,9 @@ class RTRPredictor:
             encoder = _rebuild_encoder(config["encoder"], directory)
         if encoder.id != enc_id or encoder.dim != enc_dim:
             if retrain_on is not None:
-                old = cls._from_parts(config, tensors, pairs, encoder, hyper, length_scale)
+                old = cls._from_parts(
+                    config, tensors, pairs, encoder, hyper, length_scale, quantiles
+                )
                 return old.retrain(retrain_on, encoder=encoder, progress=progress)
             if encoder.id != enc_id:
                 raise CheckpointError(
@@ -637,7 +679,7 @@ class RTRPredictor:
                 f"checkpoint {directory} expects {enc_dim}-d question vectors from {enc_id!r}; "
                 f"the encoder given makes {encoder.dim}-d vectors"
             )
-        return cls._from_parts(config, tensors, pairs, encoder, hyper, length_scale)
+        return cls._from_parts(config, tensors, pairs, encoder, hyper, length_scale, quantiles)
 
     @classmethod
     def _from_parts(
@@ -648,6 +690,7 @@ class RTRPredictor:
         encoder: QuestionEncoder,
         hyper: TrainConfig,
         length_scale: float | None,
+        length_quantiles: LengthQuantiles | None = None,
     ) -> RTRPredictor:
         """A predictor over checkpoint tensors (numpy; no torch network yet)."""
         training = config.get("training") or {}
@@ -664,6 +707,7 @@ class RTRPredictor:
             strategy_descriptions=config.get("strategy_descriptions") or {},
             summary=summary,
             state=tensors,
+            length_quantiles=length_quantiles,
         )
 
     def __repr__(self) -> str:
@@ -672,6 +716,17 @@ class RTRPredictor:
             f"{len(self.pairs)} pairs, encoder={self.encoder.id!r}, "
             f"length_head={self.has_length_head})"
         )
+
+
+def _predicted_tokens(net: RTRNet, questions: torch.Tensor, length_scale: float) -> np.ndarray:
+    """One network's point estimates of output tokens ``[n, P]`` (for calibration)."""
+    import torch
+
+    with torch.no_grad():
+        _, length = net(questions)
+    assert length is not None
+    tokens: np.ndarray = np.expm1(length.numpy().astype(np.float64) * length_scale)
+    return tokens
 
 
 def _masked_losses(

@@ -12,7 +12,9 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from langchain_rtr.errors import KnobTypeError, NotCalibratedError, RoutingError
+from langchain_rtr.quantiles import LengthQuantiles
 from langchain_rtr.routing.costs import check_cost_unit
+from langchain_rtr.routing.tables import tokens_at
 from langchain_rtr.routing.types import (
     DEFAULT_LAMBDA,
     STATUS_BELOW_FLOOR,
@@ -97,6 +99,7 @@ class Policy(ABC):
         tokens: np.ndarray | None,
         cost: np.ndarray,
         allowed: np.ndarray | None = None,
+        length_quantiles: LengthQuantiles | None = None,
     ) -> Choice:
         """Pick a pair per row.
 
@@ -105,6 +108,8 @@ class Policy(ABC):
             tokens: ``[n, P]`` predicted output tokens, or ``None`` (token budgets need them).
             cost: ``[n, P]`` predicted cost in the router's unit divided by its cost scale.
             allowed: ``[P]`` or ``[n, P]`` boolean mask of candidate pairs (default: all).
+            length_quantiles: Per-pair quantiles of ``tokens`` (a budget with a confidence
+                needs them; other policies ignore them).
 
         Returns:
             The chosen columns, statuses and the full preference ranking.
@@ -165,13 +170,22 @@ class Tradeoff(Policy):
 class TokenBudget(Policy):
     """Most likely correct pair whose predicted output tokens fit ``max_tokens``.
 
+    With ``confidence=c`` a pair fits only when its ``c``-quantile of output tokens does
+    (:class:`~langchain_rtr.quantiles.LengthQuantiles`): the budget then truncates about a
+    share ``1 - c`` of the calls it admits, where the point estimate (``confidence=None``,
+    the default) truncates about half of those predicted near the budget.
+
     When nothing fits: with ``on_no_fit="none"`` (default) no pair is chosen and the status is
-    ``"no_pair_fits"``; with ``"fewest_tokens"`` the shortest pair is chosen with status
-    ``"over_budget"``. The chosen pair's predicted tokens never exceed the budget otherwise.
+    ``"no_pair_fits"``; with ``"fewest_tokens"`` the shortest pair (by the tokens the budget
+    is checked on) is chosen with status ``"over_budget"``; with ``"best_bet"`` (needs length
+    quantiles) the pair with the highest ``P(correct) x P(real tokens <= max_tokens)``, the
+    likeliest to give a right answer that is not cut off, with status ``"over_budget"``. The
+    chosen pair's predicted tokens (its quantile, with a confidence) never exceed the budget
+    otherwise.
     """
 
     max_tokens: float
-    on_no_fit: Literal["none", "fewest_tokens"] = "none"
+    on_no_fit: Literal["none", "fewest_tokens", "best_bet"] = "none"
     confidence: float | None = None
     """Probability that the chosen pair's answer fits ``max_tokens`` (in (0, 1)); it needs
     the routing table's length quantiles. None: the predicted (mean) length must fit."""
@@ -185,9 +199,9 @@ class TokenBudget(Policy):
         if not (math.isfinite(budget) and budget >= 0):
             msg = f"TokenBudget max_tokens: expected a finite number >= 0, got {budget!r}"
             raise RoutingError(msg)
-        if self.on_no_fit not in ("none", "fewest_tokens"):
+        if self.on_no_fit not in ("none", "fewest_tokens", "best_bet"):
             raise RoutingError(
-                f"on_no_fit must be 'none' or 'fewest_tokens', got {self.on_no_fit!r}"
+                f"on_no_fit must be 'none', 'fewest_tokens' or 'best_bet', got {self.on_no_fit!r}"
             )
         c = self.confidence
         if c is not None:
@@ -196,19 +210,46 @@ class TokenBudget(Policy):
             if not 0.0 < c < 1.0:
                 raise RoutingError(f"TokenBudget confidence: expected a value in (0, 1), got {c!r}")
 
+    def choose(
+        self,
+        correctness: np.ndarray,
+        tokens: np.ndarray | None,
+        cost: np.ndarray,
+        allowed: np.ndarray | None = None,
+        length_quantiles: LengthQuantiles | None = None,
+    ) -> Choice:
+        """As :meth:`Policy.choose`, on the ``confidence``-quantile of tokens when one is set."""
+        point = tokens
+        if self.confidence is not None and tokens is not None:
+            tokens = tokens_at(np.asarray(tokens), length_quantiles, self.confidence)
+        if self.on_no_fit != "best_bet" or point is None:
+            return super().choose(correctness, tokens, cost, allowed)
+        if length_quantiles is None:
+            raise RoutingError('TokenBudget(on_no_fit="best_bet") needs length quantiles')
+        choice = replace(self, on_no_fit="none").choose(
+            correctness, point, cost, allowed, length_quantiles
+        )
+        a, t, _, mask = _as_arrays(correctness, point, cost, allowed)
+        assert t is not None
+        stuck = (choice.index < 0) & mask.any(axis=1)
+        if not stuck.any():
+            return choice
+        bet = np.where(mask, a * length_quantiles.fit_probability(t, self.max_tokens), -np.inf)
+        order = np.lexsort((t, -a, -bet), axis=-1)  # best bet, then more accurate, shorter
+        index, status = choice.index.copy(), choice.status.copy()
+        ranking, n_ranked = choice.ranking.copy(), choice.n_ranked.copy()
+        index[stuck] = order[stuck, 0]
+        status[stuck] = STATUS_OVER_BUDGET
+        ranking[stuck] = order[stuck]
+        n_ranked[stuck] = mask[stuck].sum(axis=1)
+        return Choice(index=index, status=status, ranking=ranking, n_ranked=n_ranked)
+
     def _keys(
         self, a: np.ndarray, t: np.ndarray | None, c: np.ndarray, allowed: np.ndarray
     ) -> _Keys:
         if t is None:
             raise RoutingError(
                 "TokenBudget needs output-token predictions; this predictor has no length head"
-            )
-        if self.confidence is not None:
-            # The quantile semantics of `confidence` come from issue 18 (length quantiles).
-            raise RoutingError(
-                f"TokenBudget(confidence={self.confidence}) needs the routing table's length "
-                "quantiles, and this router predicts mean lengths only; drop confidence or "
-                "use a router trained with length quantiles"
             )
         fits = allowed & (t <= self.max_tokens)
         none_fit: np.ndarray = np.logical_not(fits.any(axis=1))

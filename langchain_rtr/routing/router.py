@@ -241,7 +241,13 @@ class RTRRouter:
         policy = policy or self.default_policy
         mask = allowed if isinstance(allowed, np.ndarray) else self.allowed_mask(allowed)
         scale = self._scale(tables) if policy.needs_cost_scale else (self.cost_scale or 1.0)
-        choice = policy.choose(tables.correctness, tables.output_tokens, tables.cost / scale, mask)
+        choice = policy.choose(
+            tables.correctness,
+            tables.output_tokens,
+            tables.cost / scale,
+            mask,
+            tables.length_quantiles,
+        )
         spec = policy.to_dict()
         decisions: list[Decision] = []
         tok = tables.output_tokens

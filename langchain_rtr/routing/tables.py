@@ -9,6 +9,7 @@ from typing import Any, Literal
 import numpy as np
 
 from langchain_rtr.errors import RoutingError
+from langchain_rtr.quantiles import SHOWN_LEVELS, LengthQuantiles, QuantileError
 from langchain_rtr.routing.costs import CostModel
 from langchain_rtr.routing.types import CostUnit, Pair, PredictionLike
 
@@ -25,6 +26,8 @@ class TableRow:
     output_tokens: float | None
     usd: float
     cost: float
+    output_token_quantiles: dict[str, float] | None = None
+    """Output tokens at the :data:`~langchain_rtr.quantiles.SHOWN_LEVELS`, keyed ``"p90"``..."""
 
     @property
     def pair(self) -> Pair:
@@ -36,7 +39,9 @@ class TableRow:
 class RoutingTable:
     """Every pair's predicted correctness, output tokens and cost for one question.
 
-    Arrays are ``[P]`` in the order of ``pairs``; ``cost`` is in ``cost_unit``.
+    Arrays are ``[P]`` in the order of ``pairs``; ``cost`` is in ``cost_unit``;
+    ``length_quantiles`` (per pair, ``None`` without them) bound ``output_tokens`` at a
+    confidence.
     """
 
     question: str
@@ -46,6 +51,11 @@ class RoutingTable:
     usd: np.ndarray
     cost: np.ndarray
     cost_unit: CostUnit
+    length_quantiles: LengthQuantiles | None = None
+
+    def output_tokens_at(self, confidence: float) -> np.ndarray | None:
+        """``[P]`` output tokens real output stays under with probability ``confidence``."""
+        return tokens_at(self.output_tokens, self.length_quantiles, confidence)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -74,6 +84,11 @@ class RoutingTable:
         """The rows, in pair order or sorted by ``sort_by``."""
         idx = range(len(self.pairs)) if sort_by is None else self.order(sort_by, descending)
         tok = self.output_tokens
+        shown: dict[str, np.ndarray] = {}
+        if tok is not None and self.length_quantiles is not None:
+            shown = {
+                f"p{round(c * 100)}": self.length_quantiles.upper(tok, c) for c in SHOWN_LEVELS
+            }
         return [
             TableRow(
                 model=self.pairs[j][0],
@@ -82,6 +97,7 @@ class RoutingTable:
                 output_tokens=None if tok is None else float(tok[j]),
                 usd=float(self.usd[j]),
                 cost=float(self.cost[j]),
+                output_token_quantiles={k: float(v[j]) for k, v in shown.items()} or None,
             )
             for j in idx
         ]
@@ -89,6 +105,7 @@ class RoutingTable:
     def sorted(self, by: SortKey = "correctness", descending: bool | None = None) -> RoutingTable:
         """A copy with rows reordered."""
         idx = self.order(by, descending)
+        q = self.length_quantiles
         return replace(
             self,
             pairs=[self.pairs[j] for j in idx],
@@ -96,6 +113,9 @@ class RoutingTable:
             output_tokens=None if self.output_tokens is None else self.output_tokens[idx],
             usd=self.usd[idx],
             cost=self.cost[idx],
+            length_quantiles=None
+            if q is None
+            else replace(q, offsets=q.offsets[idx], counts=q.counts[idx], pooled=q.pooled[idx]),
         )
 
     def to_dicts(self, sort_by: SortKey | None = None) -> list[dict[str, Any]]:
@@ -114,6 +134,11 @@ class RoutingTables:
     usd: np.ndarray
     cost: np.ndarray
     cost_unit: CostUnit
+    length_quantiles: LengthQuantiles | None = None
+
+    def output_tokens_at(self, confidence: float) -> np.ndarray | None:
+        """``[n, P]`` output tokens real output stays under with probability ``confidence``."""
+        return tokens_at(self.output_tokens, self.length_quantiles, confidence)
 
     @classmethod
     def from_prediction(
@@ -125,6 +150,7 @@ class RoutingTables:
         bad = ~np.isfinite(correctness).all(axis=1)
         if costs.output_tokens is not None:
             bad |= ~np.isfinite(costs.output_tokens).all(axis=1)
+        quantiles = getattr(prediction, "length_quantiles", None)
         if bad.any():
             raise RoutingError(
                 f"the predictor returned non-finite values (NaN or infinity) for question(s) "
@@ -139,6 +165,7 @@ class RoutingTables:
             usd=costs.usd,
             cost=costs.cost,
             cost_unit=cost_model.unit,
+            length_quantiles=quantiles if isinstance(quantiles, LengthQuantiles) else None,
         )
 
     def __len__(self) -> int:
@@ -153,7 +180,26 @@ class RoutingTables:
             usd=self.usd[i],
             cost=self.cost[i],
             cost_unit=self.cost_unit,
+            length_quantiles=self.length_quantiles,
         )
 
     def __iter__(self) -> Iterator[RoutingTable]:
         return (self[i] for i in range(len(self)))
+
+
+def tokens_at(
+    tokens: np.ndarray | None, quantiles: LengthQuantiles | None, confidence: float
+) -> np.ndarray | None:
+    """``tokens`` raised to their ``confidence``-quantile; a clear error without quantiles."""
+    if tokens is None:
+        return None
+    if quantiles is None:
+        raise RoutingError(
+            f"no length quantiles to bound output tokens at confidence {confidence}: the "
+            "predictor has none (a checkpoint saved before they existed); "
+            "retrain it, or route on the point estimate"
+        )
+    try:
+        return quantiles.upper(tokens, confidence)
+    except QuantileError as exc:
+        raise RoutingError(str(exc)) from exc

@@ -136,6 +136,7 @@ def test_eval_writes_plot_and_json(trained: Path, tmp_path: Path) -> None:
     assert plot.stat().st_size > 1000
     methods = {m["name"] for m in json.loads(report.read_text())["methods"]}
     assert {"rtr", "knn", "oracle", "random"} <= methods
+    assert "RTR ±600" in result.output and "base ±100" in result.output  # the length table
 
 
 def test_demo_runs_on_a_given_set(data_dir: Path, tmp_path: Path) -> None:
