@@ -25,6 +25,11 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from langchain_rtr.data.matrix import OutcomeMatrix
+from langchain_rtr.predictor.calibration import (
+    CalibrationError,
+    PlattCalibration,
+    member_validation_logits,
+)
 from langchain_rtr.predictor.encoder import (
     DEFAULT_ENCODER_ID,
     CachedEncoder,
@@ -119,6 +124,12 @@ class TrainConfig:
             derived from it; each with its own validation part) and averaged
             (:class:`~langchain_rtr.predictor.model.RTREnsemble`): one network's ranking of
             questions varies with its seed as much as with the data on small training sets.
+        question_noise: Standard deviation of Gaussian noise added to each training question
+            vector at every step (0: none), a smoothness prior for questions unlike the
+            training ones.
+        calibrate: Fit a per-pair Platt calibration of P(correct) on the members' validation
+            parts (:mod:`~langchain_rtr.predictor.calibration`); needs
+            ``validation_fraction > 0``.
     """
 
     learnable_dim: int = 64
@@ -135,6 +146,8 @@ class TrainConfig:
     min_delta: float = 1e-4
     num_threads: int | None = 1
     ensemble: int = 5
+    question_noise: float = 0.0
+    calibrate: bool = True
 
     def __post_init__(self) -> None:
         checks = {
@@ -151,6 +164,7 @@ class TrainConfig:
             "min_delta": self.min_delta >= 0,
             "num_threads": self.num_threads is None or self.num_threads >= 1,
             "ensemble": self.ensemble >= 1,
+            "question_noise": self.question_noise >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -253,6 +267,7 @@ class RTRPredictor:
         strategy_descriptions: Mapping[str, str],
         summary: TrainingSummary | None = None,
         state: Mapping[str, np.ndarray] | None = None,
+        calibration: PlattCalibration | None = None,
     ) -> None:
         if net is None and state is None:
             raise PredictorError("RTRPredictor needs the network or its state dict")
@@ -267,6 +282,7 @@ class RTRPredictor:
         self.model_descriptions = dict(model_descriptions)
         self.strategy_descriptions = dict(strategy_descriptions)
         self.summary = summary or TrainingSummary()
+        self.calibration = calibration
         self._fast: _Scorer | None = None
         self._numpy: NumpyScorer | None = None
 
@@ -383,6 +399,7 @@ class RTRPredictor:
         length_t = torch.from_numpy(log_tokens / length_scale) if length_scale else None
         summary = TrainingSummary()
         members: list[RTRNet] = []
+        validation_logits: list[tuple[np.ndarray, np.ndarray]] = []
         for member, seed in enumerate(member_seeds(config.seed, config.ensemble)):
             rng = np.random.default_rng(seed)
             train_idx, val_idx = _validation_split(rows.size, config.validation_fraction, rng)
@@ -418,11 +435,19 @@ class RTRPredictor:
                     progress=on_epoch,
                 )
             members.append(net)
+            if len(val_idx):
+                with torch.no_grad():
+                    logits = net.raw(question_t[torch.from_numpy(val_idx)])[0].numpy()
+                validation_logits.append((val_idx, logits))
             summary.epochs.append(fit.epochs)
             summary.best_epochs.append(fit.best_epoch)
             summary.best_validation_losses.append(fit.best_validation_loss)
             summary.history += [(member, *row) for row in fit.history]
             summary.train_questions, summary.validation_questions = len(train_idx), len(val_idx)
+        calibration = None
+        if config.calibrate and validation_logits:
+            held = member_validation_logits(validation_logits, rows.size, n_pairs)
+            calibration = PlattCalibration.fit(held, score[rows])
         return cls(
             RTREnsemble(members),
             pairs=pairs,
@@ -432,6 +457,7 @@ class RTRPredictor:
             model_descriptions={m: model_descriptions[m] for m in models},
             strategy_descriptions={s: strategy_descriptions[s] for s in strategies},
             summary=summary,
+            calibration=calibration,
         )
 
     # ---------------------------------------------------------------- prediction
@@ -459,7 +485,7 @@ class RTRPredictor:
         n, n_pairs = q.shape[0], len(self.pairs)
         if not _TORCH_SCORING:
             correct_np, length_np = self._numpy_scorer().score(q)
-            return Prediction(correctness=correct_np, output_tokens=length_np)
+            return Prediction(correctness=self._calibrated(correct_np), output_tokens=length_np)
         import torch
         from torch import nn
 
@@ -477,7 +503,11 @@ class RTRPredictor:
                 if length is not None and fast.length is not None:
                     raw = nn.functional.softplus(fast.length.apply(block[:, hidden:]))
                     length[start : start + step] = torch.expm1(raw * fast.length_scale).numpy()
-        return Prediction(correctness=correctness, output_tokens=length)
+        return Prediction(correctness=self._calibrated(correctness), output_tokens=length)
+
+    def _calibrated(self, correctness: np.ndarray) -> np.ndarray:
+        """The calibrated P(correct) (unchanged for a checkpoint saved without calibration)."""
+        return correctness if self.calibration is None else self.calibration.apply(correctness)
 
     def _scorer(self) -> _Scorer:
         """Inference weights, computed once: they change only when the weights do."""
@@ -544,6 +574,7 @@ class RTRPredictor:
             "model_descriptions": self.model_descriptions,
             "strategy_descriptions": self.strategy_descriptions,
             "training": {k: v for k, v in asdict(self.summary).items() if k != "history"},
+            "calibration": self.calibration.to_dict() if self.calibration is not None else None,
         }
         _atomic_write(
             directory / WEIGHTS_FILE,
@@ -602,7 +633,9 @@ class RTRPredictor:
             has_length = bool(config["has_length_head"])
             norm = config.get("length_normalisation") or {}
             length_scale = float(norm["scale"]) if has_length else None
-        except (KeyError, TypeError, ValueError) as exc:
+            stored = config.get("calibration")
+            calibration = None if stored is None else PlattCalibration.from_dict(stored, len(pairs))
+        except (KeyError, TypeError, ValueError, CalibrationError) as exc:
             raise CheckpointError(f"{directory / CONFIG_FILE}: malformed config ({exc!r})") from exc
         _check_names("models", models, expected_models, directory)
         _check_names("strategies", strategies, expected_strategies, directory)
@@ -652,7 +685,7 @@ class RTRPredictor:
                 f"checkpoint {directory} expects {enc_dim}-d question vectors from {enc_id!r}; "
                 f"the encoder given makes {encoder.dim}-d vectors"
             )
-        return cls._from_parts(config, tensors, pairs, encoder, hyper, length_scale)
+        return cls._from_parts(config, tensors, pairs, encoder, hyper, length_scale, calibration)
 
     @classmethod
     def _from_parts(
@@ -663,6 +696,7 @@ class RTRPredictor:
         encoder: QuestionEncoder,
         hyper: TrainConfig,
         length_scale: float | None,
+        calibration: PlattCalibration | None = None,
     ) -> RTRPredictor:
         """A predictor over checkpoint tensors (numpy; no torch network yet)."""
         training = config.get("training") or {}
@@ -679,6 +713,7 @@ class RTRPredictor:
             strategy_descriptions=config.get("strategy_descriptions") or {},
             summary=summary,
             state=tensors,
+            calibration=calibration,
         )
 
     def __repr__(self) -> str:
@@ -802,7 +837,11 @@ def _fit(
         for batch in torch.split(order, config.batch_size):
             optimiser.zero_grad(set_to_none=True)
             lb = length[batch] if length is not None else None
-            loss = total(*_masked_losses(net, questions[batch], score[batch], lb))
+            qb = questions[batch]
+            if config.question_noise > 0:
+                noise = rng.standard_normal(tuple(qb.shape)).astype(np.float32)
+                qb = qb + config.question_noise * torch.from_numpy(noise)
+            loss = total(*_masked_losses(net, qb, score[batch], lb))
             loss.backward()  # type: ignore[no-untyped-call]
             optimiser.step()
             losses.append(float(loss.detach()))
