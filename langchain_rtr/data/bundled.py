@@ -16,8 +16,8 @@ except ImportError:  # pragma: no cover - Python 3.10
 from langchain_rtr.data.io import RECORDS_FILE, load_routing_set
 from langchain_rtr.data.matrix import RoutingSet
 
-DEFAULT_BUNDLED = "llmrouter"
-"""The default set: 9 open models with $ prices and text descriptions on 5,608 questions (MIT)."""
+DEFAULT_BUNDLED = "faithful-cot"
+"""The default set: 6 models x 5 prompting strategies on 6,411 questions, with lengths (MIT)."""
 
 
 def _root() -> Traversable:
@@ -34,7 +34,7 @@ def list_bundled() -> list[str]:
 
 
 def load_bundled(name: str = DEFAULT_BUNDLED) -> RoutingSet:
-    """Load a bundled routing set by name (default: ``llmrouter``).
+    """Load a bundled routing set by name (default: :data:`DEFAULT_BUNDLED`).
 
     Raises:
         ValueError: There is no bundled set of that name; the message lists those there are.

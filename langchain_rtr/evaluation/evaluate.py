@@ -40,6 +40,7 @@ from langchain_rtr.evaluation.curves import CurveError, aiq, apgr, cost_to_reach
 from langchain_rtr.evaluation.report import (
     APGR_PER_QUESTION_SUFFIX,
     KIND_KNN,
+    KIND_MODEL_BEST,
     KIND_ORACLE,
     KIND_RANDOM,
     KIND_RTR,
@@ -191,6 +192,8 @@ def evaluate_routing(
         )
     )
     methods.append(MethodResult("oracle", KIND_ORACLE, outcomes.metrics(oracle_choices(outcomes))))
+    model_best = _best_strategy_per_model(order, train, outcomes)
+    methods.extend(model_best)
     for kind, acc, cost in ((KIND_KNN, knn_acc, knn_cost), (KIND_RTR, correctness, rtr_cost)):
         idx = tradeoff_choices(acc, cost, outcomes.observed, lam)
         params: dict[str, Any] = {"lam": lam}
@@ -230,6 +233,16 @@ def evaluate_routing(
         aiqs["singles"] = aiq(single_cost, single_acc_all, single_cost, single_acc_all)
     except CurveError:
         aiqs["singles"] = float("nan")
+    if model_best:
+        try:
+            aiqs[KIND_MODEL_BEST] = aiq(
+                [m.cost for m in model_best],
+                [m.accuracy for m in model_best],
+                single_cost,
+                single_acc_all,
+            )
+        except CurveError:
+            aiqs[KIND_MODEL_BEST] = float("nan")
 
     apgrs: dict[str, float] | None = None
     if strong_col is not None and weak_col is not None:
@@ -301,6 +314,39 @@ def evaluate_routing(
         dropped_questions=dropped,
         calibration=reliability(correctness, np.where(outcomes.observed, outcomes.score, np.nan)),
     )
+
+
+def _best_strategy_per_model(
+    pairs: Sequence[Pair], train: OutcomeMatrix, outcomes: Outcomes
+) -> list[MethodResult]:
+    """Each model with the strategy most accurate on the training questions, measured on test.
+
+    What a user who profiled strategies once per model, and not per question, would run: the
+    baseline that shows what routing the strategy per question adds. Empty for model-only sets.
+    """
+    if len({s for _, s in pairs}) < 2:
+        return []
+    with np.errstate(invalid="ignore"):
+        train_acc = np.nanmean(np.asarray(train.score, np.float64), axis=0)
+    rows: list[MethodResult] = []
+    for model in sorted({m for m, _ in pairs}):
+        columns = [
+            j
+            for j, (m, _) in enumerate(pairs)
+            if m == model and np.isfinite(train_acc[j]) and outcomes.observed[:, j].any()
+        ]
+        if not columns:
+            continue
+        best = max(columns, key=lambda j: train_acc[j])
+        rows.append(
+            MethodResult(
+                f"{model}, best strategy ({pairs[best][1]})",
+                KIND_MODEL_BEST,
+                outcomes.single_metrics(best),
+                {"pair": pair_label(pairs[best]), "train_accuracy": float(train_acc[best])},
+            )
+        )
+    return rows
 
 
 def evaluate_router(

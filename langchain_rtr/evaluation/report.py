@@ -19,6 +19,8 @@ KIND_RANDOM = "random"
 KIND_ORACLE = "oracle"
 KIND_RTR = "rtr"
 KIND_KNN = "knn"
+KIND_MODEL_BEST = "model-best"
+"""Each model with the strategy most accurate on the training part (sets with strategies)."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,8 @@ class EvaluationReport:
         methods: Singles, random, oracle, RTR and KNN at ``lam``, and each router at the
             cheapest λ that reaches the best single pair's accuracy (``... ≥ best``).
         curves: The λ sweeps (``rtr``, ``knn``).
-        aiq: AIQ of each curve, and of the single pairs alone (``singles``).
+        aiq: AIQ of each curve, of the single pairs alone (``singles``) and, on sets with
+            several strategies, of each model at its best training strategy (``model-best``).
         apgr: For two-pair sets, RouteLLM's APGR of each router (``rtr``, ``knn``): its sweep
             with every call of a pair costing the pair's mean cost per call, so only accuracy
             estimates rank the questions, as RouteLLM's strong-call-share axis assumes; and,
@@ -168,7 +171,7 @@ class EvaluationReport:
         return table
 
     def sources_table(self, max_sources: int = 12) -> Table | None:
-        """Accuracy per source for every method (None for a single-source set)."""
+        """Accuracy per source for every method but the single pairs (None: one source)."""
         sources = sorted(self.methods[0].metrics.per_source)
         if len(sources) < 2:
             return None
@@ -178,14 +181,21 @@ class EvaluationReport:
         for s in shown:
             table.add_column(s, justify="right")
         for m in self.methods:
-            if m.kind == KIND_SINGLE and len(self.methods) > 16:
-                continue
+            if m.kind == KIND_SINGLE:
+                continue  # in pairs_table
             row = [m.name]
             for s in shown:
                 v = m.metrics.per_source.get(s, {}).get("accuracy")
                 row.append("-" if v is None else f"{v:.3f}")
             table.add_row(*row)
         return table
+
+    def pairs_table(self, max_sources: int = 12) -> Table:
+        """Every single pair and the oracle: accuracy and mean output tokens, per source."""
+        rows = [m for m in self.methods if m.kind in (KIND_SINGLE, KIND_ORACLE)]
+        return pair_source_table(
+            rows, f"{self.name or 'evaluation'}: each pair, per source", max_sources
+        )
 
     def summary(self) -> Text:
         """AIQ, APGR and the cost of matching the best single pair, as text."""
@@ -211,7 +221,7 @@ class EvaluationReport:
         return Text("\n".join(lines))
 
     def __rich__(self) -> Group:
-        parts: list[Any] = [self.methods_table()]
+        parts: list[Any] = [self.pairs_table(), self.methods_table()]
         sources = self.sources_table()
         if sources is not None:
             parts.append(sources)
@@ -223,6 +233,29 @@ class EvaluationReport:
         from langchain_rtr.evaluation.plot import plot_report
 
         return plot_report(self, path, log_x=log_x)
+
+
+def pair_source_table(rows: list[MethodResult], title: str, max_sources: int = 12) -> Table:
+    """Accuracy / mean output tokens of each row, overall and per source."""
+    sources = sorted(rows[0].metrics.per_source)[:max_sources] if rows else []
+    table = Table(title=title + " (accuracy / mean output tokens)", title_justify="left")
+    table.add_column("pair")
+    table.add_column("all", justify="right")
+    for s in sources if len(sources) > 1 else []:
+        table.add_column(s, justify="right")
+
+    def cell(accuracy: float | None, tokens: float | None) -> str:
+        if accuracy is None:
+            return "-"
+        return f"{accuracy:.3f}" + ("" if tokens is None else f" / {tokens:,.0f}")
+
+    for m in rows:
+        cells = [cell(m.metrics.accuracy, m.metrics.output_tokens)]
+        for s in sources if len(sources) > 1 else []:
+            per = m.metrics.per_source.get(s, {})
+            cells.append(cell(per.get("accuracy"), per.get("output_tokens")))
+        table.add_row(m.name, *cells, style="bold" if m.kind == KIND_ORACLE else None)
+    return table
 
 
 def _clean_dict(value: dict[str, Any]) -> dict[str, Any]:

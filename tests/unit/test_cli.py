@@ -76,7 +76,7 @@ def trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_bundled_lists_the_default_set() -> None:
     result = runner.invoke(app, ["bundled"])
     assert result.exit_code == 0, result.output
-    assert "llmrouter" in result.output
+    assert "faithful-cot" in result.output and "llmrouter" in result.output
 
 
 def test_train_saves_a_router_and_its_split(trained: Path, data_dir: Path) -> None:

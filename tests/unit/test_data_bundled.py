@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib.resources import files
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,10 +20,19 @@ def test_default_set_loads_without_arguments() -> None:
     assert all(spec.description for spec in rs.models.values())
     assert all(spec.mean_price > 0 for spec in rs.models.values())
     assert np.isfinite(m.score).all()
-    assert "LLMRouter" in rs.attribution
+    assert "Faithful-COT" in rs.attribution
+    assert len(rs.strategies) > 1 and m.has_lengths  # strategy routing and token budgets
 
 
-@pytest.mark.parametrize("name", ["llmrouter", "routellm-gsm8k", "routerarena"])
+def test_every_bundled_set_is_under_10_mb() -> None:
+    root = files("langchain_rtr.data") / "bundled"
+    for name in list_bundled():
+        folder = Path(str(root / name))
+        size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+        assert size < 10_000_000, (name, size)
+
+
+@pytest.mark.parametrize("name", ["faithful-cot", "llmrouter", "routellm-gsm8k", "routerarena"])
 def test_each_bundled_set_has_licence_attribution_and_records(name: str) -> None:
     assert name in list_bundled()
     folder = files("langchain_rtr.data") / "bundled" / name
