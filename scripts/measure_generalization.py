@@ -3,9 +3,10 @@
 For each held-out source (an LLMRouter cluster, a faithful-cot data set) and each seed: train
 RTR on the questions of every *other* source (``TrainConfig(seed=seed)``), evaluate on the
 held-out source against every single pair, random, KNN and the oracle (``workflow.evaluate``;
-KNN's neighbours come from the same training sources). The figures per fold are those of
-``scripts/measure_quality.py``; the bar checked per fold is RTR's AIQ above KNN's and above
-the single pairs' own hull.
+KNN's neighbours come from the same training sources; the folds are ``workflow.split_by_source``).
+``--protocol split`` measures the usual 80/20 question split (``workflow.split``) instead.
+The figures per fold are those of ``scripts/measure_quality.py``; the bar checked per fold is
+RTR's AIQ above KNN's and above the single pairs' own hull.
 
     HF_HUB_OFFLINE=1 .venv/bin/python scripts/measure_generalization.py --data llmrouter \\
         --seeds 0 1 2 --json generalization-llmrouter.json
@@ -13,7 +14,9 @@ the single pairs' own hull.
 ``--select`` runs the same protocol *inside* the training sources of one held-out fold (train
 on all training sources but one, validate on that one), so knobs are compared without looking
 at the held-out source: ``--select --hold-out cluster-2`` never reads cluster-2's outcomes.
-``--set key=value`` overrides any TrainConfig field (repeatable).
+``--set key=value`` overrides any TrainConfig field (repeatable). ``--compare-raw`` evaluates each
+trained router a second time with its calibration taken off (the same networks), so the effect of
+calibration is read without a second training.
 """
 
 from __future__ import annotations
@@ -33,13 +36,14 @@ import numpy as np
 from langchain_rtr import workflow
 from langchain_rtr.data.matrix import OutcomeMatrix, RoutingSet
 from langchain_rtr.predictor import TrainConfig
+from langchain_rtr.routing import CostUnit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure_quality import _mean, _no_nan, console, render, summarise  # noqa: E402
 
 
 def by_source(matrix: OutcomeMatrix, held_out: str) -> tuple[OutcomeMatrix, OutcomeMatrix]:
-    """(every other source, ``held_out``) parts of ``matrix``."""
+    """(every other source, ``held_out``) parts of a training part (inner validation folds)."""
     is_out = np.array([s == held_out for s in matrix.sources])
     if not is_out.any():
         raise SystemExit(f"no question has source {held_out!r}; sources: {set(matrix.sources)}")
@@ -66,6 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", default="llmrouter", help="bundled set or routing-set dir")
     parser.add_argument("--protocol", choices=["sources", "split"], default="sources")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--cost-unit", choices=["usd", "tokens"], default=None)
     parser.add_argument("--hold-out", nargs="+", default=None, help="sources (default: all)")
     parser.add_argument("--select", action="store_true", help="validate inside the training part")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
@@ -89,10 +94,9 @@ def folds_of(
             return [("split", train, test)]
         inner_train, val = train.split([0.8, 0.2], seed=seed + 1000)
         return [("split/val", inner_train, val)]
-    matrix = routing_set.matrix()
     out: list[Fold] = []
-    for source in hold_out or sorted(set(matrix.sources)):
-        rest, held = by_source(matrix, source)
+    for source in hold_out or workflow.sources_of(routing_set):
+        rest, held = workflow.split_by_source(routing_set, source)
         if not select:
             out.append((source, rest, held))
             continue
@@ -107,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     overrides = parse_overrides(args.overrides)
     routing_set = workflow.load_data(args.data)
-    unit = workflow.default_cost_unit(routing_set)
+    unit: CostUnit = args.cost_unit or workflow.default_cost_unit(routing_set)
     console.print(
         f"[bold]{args.data}[/]: {len(routing_set.matrix())} questions, protocol {args.protocol}"
         f"{' (selection: validation inside the training part)' if args.select else ''}, seeds "
@@ -149,7 +153,12 @@ def main(argv: list[str] | None = None) -> None:
     results = {name: {"per_seed": r, "mean": _mean(r)} for name, r in rows.items()}
     for name, r in results.items():
         console.print(
-            render(f"{args.data} {name}, cost in {unit}", args.seeds, r["per_seed"], r["mean"])
+            render(
+                f"{args.data} {name}, cost in {unit}",
+                args.seeds,
+                r["per_seed"],
+                r["mean"],
+            )
         )
     bars = {
         name: {
