@@ -124,10 +124,7 @@ class TrainConfig:
             derived from it; each with its own validation part) and averaged
             (:class:`~langchain_rtr.predictor.model.RTREnsemble`): one network's ranking of
             questions varies with its seed as much as with the data on small training sets.
-        question_noise: Standard deviation of Gaussian noise added to each training question
-            vector at every step (0: none), a smoothness prior for questions unlike the
-            training ones.
-        calibrate: Fit a per-pair Platt calibration of P(correct) on the members' validation
+        calibrate: Fit one Platt map of P(correct) for all pairs on the members' validation
             parts (:mod:`~langchain_rtr.predictor.calibration`); needs
             ``validation_fraction > 0``.
     """
@@ -146,7 +143,6 @@ class TrainConfig:
     min_delta: float = 1e-4
     num_threads: int | None = 1
     ensemble: int = 5
-    question_noise: float = 0.0
     calibrate: bool = True
 
     def __post_init__(self) -> None:
@@ -164,7 +160,6 @@ class TrainConfig:
             "min_delta": self.min_delta >= 0,
             "num_threads": self.num_threads is None or self.num_threads >= 1,
             "ensemble": self.ensemble >= 1,
-            "question_noise": self.question_noise >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -837,11 +832,7 @@ def _fit(
         for batch in torch.split(order, config.batch_size):
             optimiser.zero_grad(set_to_none=True)
             lb = length[batch] if length is not None else None
-            qb = questions[batch]
-            if config.question_noise > 0:
-                noise = rng.standard_normal(tuple(qb.shape)).astype(np.float32)
-                qb = qb + config.question_noise * torch.from_numpy(noise)
-            loss = total(*_masked_losses(net, qb, score[batch], lb))
+            loss = total(*_masked_losses(net, questions[batch], score[batch], lb))
             loss.backward()  # type: ignore[no-untyped-call]
             optimiser.step()
             losses.append(float(loss.detach()))
