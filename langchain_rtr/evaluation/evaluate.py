@@ -48,6 +48,7 @@ from langchain_rtr.evaluation.report import (
     EvaluationReport,
     MethodResult,
 )
+from langchain_rtr.predictor.calibration import reliability
 from langchain_rtr.predictor.cascade import CascadePredictor
 from langchain_rtr.routing import (
     DEFAULT_LAMBDA,
@@ -311,6 +312,7 @@ def evaluate_routing(
         best_single=best.name,
         match_best=match_best,
         dropped_questions=dropped,
+        calibration=reliability(correctness, np.where(outcomes.observed, outcomes.score, np.nan)),
     )
 
 

@@ -10,13 +10,18 @@ import numpy as np
 from langchain_rtr.evaluation.curves import non_decreasing_hull
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
     from langchain_rtr.evaluation.report import EvaluationReport
+    from langchain_rtr.predictor.calibration import Reliability
 
 _CURVE_STYLE = {"rtr": ("RTR", "tab:blue"), "knn": ("KNN (k=10)", "tab:orange")}
 
 
 def plot_report(report: EvaluationReport, path: str | Path, *, log_x: bool | None = None) -> Path:
     """Write the accuracy-cost plot of ``report`` to ``path`` (PNG) and return the path.
+
+    With a measured calibration, RTR's reliability curve is drawn in a second panel beside it.
 
     Args:
         report: The evaluation.
@@ -26,8 +31,12 @@ def plot_report(report: EvaluationReport, path: str | Path, *, log_x: bool | Non
     # A bare Figure renders with Agg and leaves pyplot's global backend alone.
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8, 5.5), dpi=120)
-    ax = fig.add_subplot(1, 1, 1)
+    calibration = report.calibration
+    panels = 2 if calibration is not None and calibration.counts else 1
+    fig = Figure(figsize=(8 + 4.5 * (panels - 1), 5.5), dpi=120)
+    ax = fig.add_subplot(1, panels, 1)
+    if panels == 2 and calibration is not None:
+        _plot_reliability(fig.add_subplot(1, 2, 2), calibration)
     costs: list[float] = []
     for key, curve in report.curves.items():
         label, color = _CURVE_STYLE.get(key, (key, None))
@@ -74,3 +83,20 @@ def plot_report(report: EvaluationReport, path: str | Path, *, log_x: bool | Non
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png", bbox_inches="tight")
     return out
+
+
+def _plot_reliability(ax: Axes, calibration: Reliability) -> None:
+    """Mean observed score against mean predicted P(correct) per bin, sized by its count."""
+    ax.plot([0, 1], [0, 1], "--", color="tab:gray", linewidth=1, label="perfectly calibrated")
+    total = max(sum(calibration.counts), 1)
+    sizes = [20 + 400 * c / total for c in calibration.counts]
+    ax.plot(calibration.predicted, calibration.observed, "-", color="tab:blue", linewidth=1.5)
+    ax.scatter(calibration.predicted, calibration.observed, s=sizes, color="tab:blue", zorder=3)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_aspect("equal")
+    ax.set_xlabel("predicted P(correct)")
+    ax.set_ylabel("observed accuracy")
+    ax.set_title(f"RTR reliability (ECE {calibration.ece:.3f})")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")

@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from langchain_rtr.evaluation.baselines import Metrics, SweepCurve
+from langchain_rtr.predictor.calibration import Reliability
 
 KIND_SINGLE = "single"
 KIND_RANDOM = "random"
@@ -89,6 +90,8 @@ class EvaluationReport:
         match_best: Per router, the cheapest point reaching the best single's accuracy:
             ``{"lam", "accuracy", "cost", "cost_ratio"}`` (cost relative to the best single), or
             ``None`` when it never does.
+        calibration: RTR's P(correct) against the observed scores of the test cells: expected
+            calibration error and the reliability curve (``None`` when not measured).
     """
 
     name: str
@@ -105,6 +108,7 @@ class EvaluationReport:
     best_single: str
     match_best: dict[str, dict[str, float] | None]
     dropped_questions: int = 0
+    calibration: Reliability | None = None
 
     def method(self, name: str) -> MethodResult:
         """The row called ``name``."""
@@ -135,6 +139,7 @@ class EvaluationReport:
                 "match_best": self.match_best,
                 "methods": [m.to_dict() for m in self.methods],
                 "curves": {k: c.to_dict() for k, c in self.curves.items()},
+                "calibration": self.calibration.to_dict() if self.calibration else None,
             }
         )
 
@@ -198,6 +203,11 @@ class EvaluationReport:
             "AIQ (area under the non-decreasing convex hull over the single pairs' cost range): "
             + ", ".join(f"{k} {v:.4f}" for k, v in self.aiq.items())
         ]
+        if self.calibration is not None:
+            lines.append(
+                f"calibration of RTR's P(correct): expected calibration error "
+                f"{self.calibration.ece:.4f} (10 bins, {sum(self.calibration.counts)} outcomes)"
+            )
         if self.apgr is not None:
             lines.append("APGR: " + ", ".join(f"{k} {v:.4f}" for k, v in self.apgr.items()))
         for name, point in self.match_best.items():

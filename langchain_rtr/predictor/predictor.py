@@ -33,6 +33,11 @@ from langchain_rtr.predictor.backends import (
     save_artifact,
 )
 from langchain_rtr.predictor.digests import record_digests, verify_digests
+from langchain_rtr.predictor.calibration import (
+    CalibrationError,
+    PlattCalibration,
+    member_validation_logits,
+)
 from langchain_rtr.predictor.encoder import (
     SENTENCE_TRANSFORMERS_ID,
     CachedEncoder,
@@ -137,6 +142,9 @@ class TrainConfig:
             derived from it; each with its own validation part) and averaged
             (:class:`~langchain_rtr.predictor.model.RTREnsemble`): one network's ranking of
             questions varies with its seed as much as with the data on small training sets.
+        calibrate: Fit one Platt map of P(correct) for all pairs on the members' validation
+            parts (:mod:`~langchain_rtr.predictor.calibration`); needs
+            ``validation_fraction > 0``.
     """
 
     learnable_dim: int = 64
@@ -153,6 +161,7 @@ class TrainConfig:
     min_delta: float = 1e-4
     num_threads: int | None = 1
     ensemble: int = 5
+    calibrate: bool = True
 
     def __post_init__(self) -> None:
         checks = {
@@ -275,6 +284,7 @@ class RTRPredictor:
         summary: TrainingSummary | None = None,
         state: Mapping[str, np.ndarray] | None = None,
         length_quantiles: LengthQuantiles | None = None,
+        calibration: PlattCalibration | None = None,
     ) -> None:
         if net is None and state is None:
             raise PredictorError("RTRPredictor needs the network or its state dict")
@@ -290,6 +300,7 @@ class RTRPredictor:
         self.strategy_descriptions = dict(strategy_descriptions)
         self.summary = summary or TrainingSummary()
         self.length_quantiles = length_quantiles
+        self.calibration = calibration
         self._numpy: NumpyScorer | None = None
 
     @property
@@ -406,6 +417,7 @@ class RTRPredictor:
         summary = TrainingSummary()
         members: list[RTRNet] = []
         held_out: list[tuple[np.ndarray, np.ndarray]] = []  # (predicted, real) tokens
+        validation_logits: list[tuple[np.ndarray, np.ndarray]] = []
         for member, seed in enumerate(member_seeds(config.seed, config.ensemble)):
             rng = np.random.default_rng(seed)
             train_idx, val_idx = _validation_split(rows.size, config.validation_fraction, rng)
@@ -445,11 +457,19 @@ class RTRPredictor:
                 val_t = torch.from_numpy(val_idx)
                 predicted = _predicted_tokens(net, question_t[val_t], length_scale)
                 held_out.append((predicted, tokens[rows][val_idx]))
+            if len(val_idx):
+                with torch.no_grad():
+                    logits = net.raw(question_t[torch.from_numpy(val_idx)])[0].numpy()
+                validation_logits.append((val_idx, logits))
             summary.epochs.append(fit.epochs)
             summary.best_epochs.append(fit.best_epoch)
             summary.best_validation_losses.append(fit.best_validation_loss)
             summary.history += [(member, *row) for row in fit.history]
             summary.train_questions, summary.validation_questions = len(train_idx), len(val_idx)
+        calibration = None
+        if config.calibrate and validation_logits:
+            held = member_validation_logits(validation_logits, rows.size, n_pairs)
+            calibration = PlattCalibration.fit(held, score[rows])
         return cls(
             RTREnsemble(members),
             pairs=pairs,
@@ -464,6 +484,7 @@ class RTRPredictor:
             )
             if held_out
             else None,
+            calibration=calibration,
         )
 
     # ---------------------------------------------------------------- prediction
@@ -488,7 +509,11 @@ class RTRPredictor:
                 f"embeddings have shape {q.shape}; expected (n, {self.question_dim})"
             )
         correctness, length = self._numpy_scorer().score(q)
-        return Prediction(correctness, length, self.length_quantiles)
+        return Prediction(self._calibrated(correctness), length, self.length_quantiles)
+
+    def _calibrated(self, correctness: np.ndarray) -> np.ndarray:
+        """The calibrated P(correct) (unchanged for a checkpoint saved without calibration)."""
+        return correctness if self.calibration is None else self.calibration.apply(correctness)
 
     def _numpy_scorer(self) -> NumpyScorer:
         """The torch-free scorer, built once from the weights."""
@@ -550,6 +575,7 @@ class RTRPredictor:
             "model_descriptions": self.model_descriptions,
             "strategy_descriptions": self.strategy_descriptions,
             "training": {k: v for k, v in asdict(self.summary).items() if k != "history"},
+            "calibration": self.calibration.to_dict() if self.calibration is not None else None,
         }
         if self.length_quantiles is not None:
             config["length_quantiles"] = self.length_quantiles.to_dict()
@@ -625,9 +651,11 @@ class RTRPredictor:
                 if has_length and config.get("length_quantiles") is not None
                 else None
             )
+            stored = config.get("calibration")
+            calibration = None if stored is None else PlattCalibration.from_dict(stored, len(pairs))
         except QuantileError as exc:
             raise CheckpointError(f"{directory / CONFIG_FILE}: length_quantiles: {exc}") from exc
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, CalibrationError) as exc:
             raise CheckpointError(f"{directory / CONFIG_FILE}: malformed config ({exc!r})") from exc
         _check_names("models", models, expected_models, directory)
         _check_names("strategies", strategies, expected_strategies, directory)
@@ -679,7 +707,9 @@ class RTRPredictor:
                 f"checkpoint {directory} expects {enc_dim}-d question vectors from {enc_id!r}; "
                 f"the encoder given makes {encoder.dim}-d vectors"
             )
-        return cls._from_parts(config, tensors, pairs, encoder, hyper, length_scale, quantiles)
+        return cls._from_parts(
+            config, tensors, pairs, encoder, hyper, length_scale, quantiles, calibration
+        )
 
     @classmethod
     def _from_parts(
@@ -691,6 +721,7 @@ class RTRPredictor:
         hyper: TrainConfig,
         length_scale: float | None,
         length_quantiles: LengthQuantiles | None = None,
+        calibration: PlattCalibration | None = None,
     ) -> RTRPredictor:
         """A predictor over checkpoint tensors (numpy; no torch network yet)."""
         training = config.get("training") or {}
@@ -708,6 +739,7 @@ class RTRPredictor:
             summary=summary,
             state=tensors,
             length_quantiles=length_quantiles,
+            calibration=calibration,
         )
 
     def __repr__(self) -> str:

@@ -237,7 +237,8 @@ def test_factorised_head_equals_the_concatenated_mlp() -> None:
 
 
 def test_fast_inference_path_matches_the_network() -> None:
-    predictor = train_fake(planted_matrix(60, seed=18), TrainConfig(hidden=32, max_epochs=3))
+    config = TrainConfig(hidden=32, max_epochs=3, calibrate=False)  # the network alone
+    predictor = train_fake(planted_matrix(60, seed=18), config)
     embeddings = TopicEncoder().encode(planted_matrix(50, seed=19).questions)
     pred = predictor.predict_embeddings(embeddings)
     with torch.no_grad():
@@ -261,7 +262,9 @@ def test_batched_prediction_matches_one_by_one() -> None:
 
 
 def test_an_ensemble_averages_its_members_raw_outputs() -> None:
-    config = TrainConfig(hidden=32, learnable_dim=4, max_epochs=4, seed=3, ensemble=3)
+    config = TrainConfig(
+        hidden=32, learnable_dim=4, max_epochs=4, seed=3, ensemble=3, calibrate=False
+    )
     predictor = train_fake(planted_matrix(80, seed=20), config)
     members = list(predictor.net.members)
     assert len(members) == 3
