@@ -58,9 +58,9 @@ from langchain_rtr.graph.planner import (
     SubtaskItem,
     SubtaskResult,
     SubtaskStatus,
+    budget_tokens,
     finite_or_none,
     pair_key,
-    budget_tokens,
     plan_call,
     subtask_result,
 )

@@ -32,12 +32,12 @@ from langchain_rtr.predictor.backends import (
     make_encoder,
     save_artifact,
 )
-from langchain_rtr.predictor.digests import record_digests, verify_digests
 from langchain_rtr.predictor.calibration import (
     CalibrationError,
     PlattCalibration,
     member_validation_logits,
 )
+from langchain_rtr.predictor.digests import record_digests, verify_digests
 from langchain_rtr.predictor.encoder import (
     SENTENCE_TRANSFORMERS_ID,
     CachedEncoder,
