@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from langchain_rtr.errors import RTRError
+
 LEVELS: tuple[float, ...] = (*(round(k / 100, 2) for k in range(1, 100)), 0.995, 0.999)
 """Confidence levels stored; a confidence between two of them uses the next one up."""
 
@@ -31,7 +33,7 @@ SHOWN_LEVELS: tuple[float, ...] = (0.5, 0.9, 0.95)
 """Levels a routing table lists for each pair."""
 
 
-class QuantileError(ValueError):
+class QuantileError(RTRError, ValueError):
     """Length quantiles that cannot be built or read (shapes, levels, stored values)."""
 
 

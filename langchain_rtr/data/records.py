@@ -6,8 +6,10 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from langchain_rtr.errors import RTRError
 
-class RecordError(ValueError):
+
+class RecordError(RTRError, ValueError):
     """A routing record, or a row that should become one, is malformed.
 
     The message names the place (file and line where known) and what was wrong.

@@ -19,6 +19,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from langchain_rtr.errors import RTRError
+
 TokenCounter = Callable[[str], int]
 """Counts the tokens of a text."""
 
@@ -41,7 +43,7 @@ ENCODING_OF_MODEL: dict[str, str] = {
 """tiktoken's model-to-encoding table, for the models of the public sets."""
 
 
-class TokenizerUnavailable(RuntimeError):
+class TokenizerUnavailable(RTRError, RuntimeError):
     """The packages that carry an encoding's files are not installed (or their files differ)."""
 
 

@@ -16,7 +16,8 @@ from langchain_core.messages import (
 )
 from langchain_core.prompt_values import PromptValue
 
-from langchain_rtr.errors import ConfigError, KnobTypeError
+from langchain_rtr.errors import ConfigError, KnobTypeError, QuestionTypeError
+from langchain_rtr.inputs import check_question
 
 RTRInput = Union[str, Mapping[str, Any], Sequence[BaseMessage], PromptValue]  # noqa: UP007
 """A question string, `{"question": ...}`, a list of messages, or a chat prompt value."""
@@ -64,6 +65,7 @@ def split_input(input: RTRInput) -> tuple[str, list[BaseMessage], list[BaseMessa
             msg = "RTRRunnable input: the messages contain no human message to route"
             raise InputError(msg)
         i = human[-1]
+        _refuse_non_text(messages[i].content, i)
         question, before, after = messages[i].text, messages[:i], messages[i + 1 :]
     else:
         msg = (
@@ -71,10 +73,23 @@ def split_input(input: RTRInput) -> tuple[str, list[BaseMessage], list[BaseMessa
             f"messages or a PromptValue, got {type(input).__name__}"
         )
         raise InputTypeError(msg)
-    if not question.strip():
-        msg = "RTRRunnable input: the question is empty"
-        raise InputError(msg)
+    check_question(question, where="RTRRunnable input question")
     return question, before, after
+
+
+def _refuse_non_text(content: str | list[Any], index: int) -> None:
+    """The router routes text: an image (or any other part) in the question is refused."""
+    if isinstance(content, str):
+        return
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, Mapping) else None
+        if not isinstance(part, str) and kind != "text":
+            raise QuestionTypeError(
+                f"RTRRunnable input: messages[{index}].content[{j}] is a "
+                f"{kind or type(part).__name__!r} part; the router routes text only (send other "
+                "content to a model directly)",
+                "unsupported_content",
+            )
 
 
 def merge_system(messages: Sequence[BaseMessage]) -> SystemMessage | None:

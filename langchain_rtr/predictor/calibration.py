@@ -23,10 +23,12 @@ from typing import Any
 
 import numpy as np
 
+from langchain_rtr.errors import RTRError
+
 _EPS = 1e-6
 
 
-class CalibrationError(ValueError):
+class CalibrationError(RTRError, ValueError):
     """Calibration parameters or data that do not fit (shapes, values)."""
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from langchain_rtr.data.matrix import OutcomeMatrix
+from langchain_rtr.errors import RTRError
 from langchain_rtr.inputs import check_questions
 from langchain_rtr.predictor.backends import (
     backend_of_id,
@@ -70,7 +71,7 @@ Pair = tuple[str, str]
 ProgressFn = Callable[[int, float, float], None]
 
 
-class PredictorError(ValueError):
+class PredictorError(RTRError, ValueError):
     """The predictor was given input it cannot use (missing descriptions, wrong shapes...)."""
 
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from langchain_rtr.errors import RTRError
+
 SCORE_BLOCK_ELEMENTS = 2_048 * 768
 """Elements per ``[questions, pairs, hidden]`` block (6 MB of float32), whatever the hidden
 width: a block that stays in cache is what keeps batched scoring fast."""
@@ -43,7 +45,7 @@ _REQUIRED = (
 )
 
 
-class ScoringError(ValueError):
+class ScoringError(RTRError, ValueError):
     """The tensors given do not make a complete, consistent pair of heads."""
 
 

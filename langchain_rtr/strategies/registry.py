@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+from langchain_rtr.errors import RTRError
 from langchain_rtr.strategies.base import Strategy
 from langchain_rtr.strategies.builtin import make_builtin_strategies
 
@@ -21,7 +22,7 @@ _REGISTRY: dict[str, Strategy] = dict(_BUILTINS)
 _LOCK = threading.Lock()
 
 
-class UnknownStrategyError(KeyError):
+class UnknownStrategyError(RTRError, KeyError):
     """No strategy of that name is registered."""
 
     def __init__(self, name: str, known: list[str]) -> None:

@@ -304,12 +304,14 @@ def test_numpy_scorer_equals_the_torch_network(int8_checkpoint: Path, cache_root
     assert tokens is not None and raw is not None
     expected = torch.expm1(raw * predictor.length_scale).numpy()
     np.testing.assert_allclose(tokens, expected, rtol=1e-4)
-    # predict_embeddings agrees with the scorer on small and large batches.
+    # predict_embeddings agrees with the scorer (after its calibration) on small and large batches.
+    calibration = predictor.calibration
+    calibrated = correctness if calibration is None else calibration.apply(correctness)
     big = np.repeat(q, 20, axis=0)
     via_numpy = predictor.predict_embeddings(big)
-    np.testing.assert_allclose(via_numpy.correctness[::20], correctness, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(via_numpy.correctness[::20], calibrated, rtol=1e-5, atol=1e-6)
     one = predictor.predict_embeddings(q[0])
-    np.testing.assert_allclose(one.correctness[0], correctness[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(one.correctness[0], calibrated[0], rtol=1e-5, atol=1e-6)
 
 
 def test_numpy_scorer_is_stable_at_extremes(int8_checkpoint: Path) -> None:

@@ -119,6 +119,7 @@ def test_a_checkpoint_saved_without_calibration_loads_with_raw_probabilities(
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     del config["calibration"]  # what checkpoints written before calibration look like
     (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
+    (tmp_path / "ckpt" / "digests.json").unlink()  # an edit by hand, not a damaged save
     loaded = RTRPredictor.load(tmp_path / "ckpt", encoder=TopicEncoder())
     assert loaded.calibration is None
     questions = planted_matrix(10, seed=6).questions

@@ -441,3 +441,27 @@ def test_registry_models_accepted() -> None:
     registry = ModelRegistry(make_models())
     rtr = RTRRunnable(router=FakeRouter(), models=registry, strategies=make_strategies())
     assert rtr.invoke("q").model == "big"
+
+
+def test_an_image_in_the_question_is_refused_not_dropped() -> None:
+    from langchain_core.messages import HumanMessage
+
+    from langchain_rtr.dispatch.messages import split_input
+    from langchain_rtr.errors import QuestionTypeError
+
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    message = HumanMessage(content=[{"type": "text", "text": "What is in it?"}, image])
+    with pytest.raises(QuestionTypeError, match=r"content\[1\].*'image_url'") as caught:
+        split_input([message])
+    assert caught.value.code == "unsupported_content"
+    text_only = HumanMessage(content=[{"type": "text", "text": "What is 2 + 2?"}])
+    assert split_input([text_only])[0] == "What is 2 + 2?"
+
+
+@pytest.mark.parametrize("question", ["", "   ", "\x00\x00", "\ud800"])
+def test_the_runnable_refuses_what_the_gate_refuses(question: str) -> None:
+    from langchain_rtr.dispatch.messages import split_input
+    from langchain_rtr.errors import QuestionValueError
+
+    with pytest.raises(QuestionValueError):
+        split_input(question)

@@ -13,18 +13,6 @@ from langchain_rtr.errors import RTRError
 
 PACKAGE = Path(langchain_rtr.__file__).parent
 
-# Errors of modules that other work in progress owns (issue 15 and the predictor/data work):
-# they are to become RTRErrors there. Listed by name so that a new one cannot slip in.
-NOT_YET_RTR_ERRORS = {
-    "langchain_rtr.data.records.RecordError",
-    "langchain_rtr.predictor.backends.EncoderBackendError",  # ConfigError: already one
-    "langchain_rtr.predictor.predictor.CheckpointError",
-    "langchain_rtr.predictor.predictor.PredictorError",
-    "langchain_rtr.predictor.scoring.ScoringError",
-    "langchain_rtr.strategies.registry.UnknownStrategyError",
-}
-
-
 # Private imports inside the predictor package, which other work is reshaping right now.
 NOT_YET_PUBLIC_IMPORTS = {
     "langchain_rtr.predictor.encoder._as_matrix",
@@ -79,7 +67,7 @@ def test_every_public_exception_of_the_package_is_an_rtr_error() -> None:
             if cls_name.startswith("_"):  # internal control flow, never reaches a caller
                 continue
             qualified = f"{name}.{cls_name}"
-            if not issubclass(cls, RTRError) and qualified not in NOT_YET_RTR_ERRORS:
+            if not issubclass(cls, RTRError):
                 offenders.append(qualified)
     assert offenders == []
 
