@@ -186,9 +186,14 @@ def create_app(
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s", request.url.path)
+        rid = request.scope.get("state", {}).get("request_id")
+        log.exception("unexpected error on %s (request %s)", request.url.path, rid)
+        stats.faults += 1
         return OpenAIError(
-            500, f"internal error: {type(exc).__name__}", type="server_error", code="internal_error"
+            500,
+            f"internal error: {type(exc).__name__} (request {rid})",
+            type="server_error",
+            code="internal_error",
         ).response()
 
     # ---------------------------------------------------------------- helpers
@@ -257,6 +262,10 @@ def create_app(
         except RecursionError:
             raise bad_request(
                 "the request body is nested too deeply", None, "invalid_json"
+            ) from None
+        except ValueError as exc:  # a number past what Python converts (e.g. 5,000 digits)
+            raise bad_request(
+                f"the request body holds a number that cannot be read: {exc}", None, "invalid_json"
             ) from None
         if not isinstance(data, dict):
             raise bad_request(

@@ -26,6 +26,8 @@ class Stats:
     fallbacks: int = 0
     answered_after_fallback: int = 0
     continued_streams: int = 0
+    faults: int = 0
+    """Requests answered 500 by the catch-all handler (a bug: each is logged with its id)."""
     by_model: Counter[str] = field(default_factory=Counter)
 
     def to_dict(self) -> dict[str, Any]:
@@ -41,6 +43,7 @@ class Stats:
             "fallbacks": self.fallbacks,
             "answered_after_fallback": self.answered_after_fallback,
             "continued_streams": self.continued_streams,
+            "faults": self.faults,
             "by_model": dict(self.by_model),
         }
 

@@ -476,6 +476,12 @@ BAD_BODIES: list[tuple[str, Any, int, str]] = [
     ("malformed JSON", b'{"model": "rtr", "messages": [', 400, "invalid_json"),
     ("empty body", b"", 400, "invalid_json"),
     ("not an object", b"[1, 2]", 400, "invalid_type"),
+    (
+        "a 5,000-digit integer",
+        b'{"model": "rtr", "messages": [], "max_tokens": ' + b"9" * 5000 + b"}",
+        400,
+        "invalid_json",
+    ),
     ("missing messages", {"model": "rtr"}, 400, "missing_required_parameter"),
     ("missing model", {"messages": HELLO}, 400, "missing_required_parameter"),
     ("empty messages", {"model": "rtr", "messages": []}, 400, "empty_array"),
@@ -703,3 +709,27 @@ def test_settings_are_validated() -> None:
         ServerSettings(route_name="rtr:x")
     with pytest.raises(ValueError):
         ServerSettings(max_body_bytes=0)
+
+
+async def test_a_bug_is_a_500_with_its_request_id_logged_and_counted(
+    env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from langchain_rtr.server import schemas
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("planted bug")
+
+    monkeypatch.setattr(schemas.ChatCompletionRequest, "model_validate", broken)
+    # Starlette re-raises after its 500 handler ran (for the server's log); read the response.
+    transport = httpx.ASGITransport(app=env.app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url=BASE) as c:
+        resp = await c.post(
+            "/v1/chat/completions",
+            json={"model": "rtr", "messages": HELLO},
+            headers={"x-request-id": "req-42"},
+        )
+        stats = (await c.get("/rtr/stats")).json()
+    err = assert_openai_error(resp, 500, "internal_error")
+    assert "req-42" in err["message"]
+    assert stats["faults"] == 1
+    assert any("req-42" in r.getMessage() for r in caplog.records)
