@@ -8,7 +8,8 @@ from typing import Any, Literal, cast
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from pydantic import BaseModel, ConfigDict, Field
 
-from langchain_rtr.errors import ConfigError, RTRError
+from langchain_rtr.errors import ConfigError, QuestionTypeError, QuestionValueError, RTRError
+from langchain_rtr.inputs import check_question
 from langchain_rtr.knobs import (
     KNOBS,
     Knobs,
@@ -171,19 +172,10 @@ def to_messages(messages: list[ChatMessage], max_question_chars: int) -> list[Ba
             "missing_user_message",
         )
     question = cast("str", out[last_user].content)
-    if not question.strip():
-        raise bad_request(
-            f"messages[{last_user}]: the user message to route is empty",
-            f"messages.{last_user}.content",
-            "empty_question",
-        )
-    if len(question) > max_question_chars:
-        raise bad_request(
-            f"messages[{last_user}]: the question has {len(question):,} characters; this "
-            f"server routes questions of at most {max_question_chars:,}",
-            f"messages.{last_user}.content",
-            "question_too_long",
-        )
+    try:  # the one input gate, as every entry point uses it
+        check_question(question, where=f"messages[{last_user}]", max_chars=max_question_chars)
+    except (QuestionTypeError, QuestionValueError) as exc:
+        raise bad_request(str(exc), f"messages.{last_user}.content", exc.code) from None
     return out
 
 

@@ -553,6 +553,12 @@ BAD_BODIES: list[tuple[str, Any, int, str]] = [
         "empty_question",
     ),
     (
+        "a question of NUL characters",
+        {"model": "rtr", "messages": [{"role": "user", "content": "\x00\x00"}]},
+        400,
+        "empty_question",
+    ),
+    (
         "image content",
         {
             "model": "rtr",
