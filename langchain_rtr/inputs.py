@@ -1,8 +1,8 @@
 """The one input gate: what every entry point accepts as a question, checked in one place.
 
 Contract (every entry point -- the router's ``route``/``route_batch``/``table``, the predictor's
-``predict``, ``rtr route``, and the dispatch engine and server once wired -- calls these before
-any question reaches a tokenizer or encoder):
+``predict``, ``rtr route``, the dispatch engine's input (so the runnable, chat model and graph
+node) and the server -- calls these before any question reaches a tokenizer or encoder):
 
 - a question is a ``str`` (not ``bytes``, ``None``, a number or a message object):
   otherwise :class:`~langchain_rtr.errors.QuestionTypeError` (a ``TypeError``), code
