@@ -36,6 +36,7 @@ from langchain_core.callbacks import (
     CallbackManagerForLLMRun,
 )
 from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
+from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableConfig
@@ -119,14 +120,30 @@ def _split_stop(kwargs: dict[str, Any]) -> tuple[list[str] | None, dict[str, Any
     return rest.pop("stop", None), rest
 
 
+def _streams_by_default(model: BaseChatModel) -> bool:
+    """Whether the model must be called through its stream, as LangChain's ``invoke`` does.
+
+    Every `chat_model_for` model has ``streaming=True`` (so the read timeout bounds the time
+    to the first token); its ``_generate`` alone would get a stream back.
+    """
+    return getattr(model, "streaming", None) is True and _has_stream(model)
+
+
 def _call(attempt: Attempt) -> AIMessage:
     stop, kwargs = _split_stop(attempt.kwargs)
-    return _merged_message(attempt.model._generate(attempt.messages, stop=stop, **kwargs))
+    model, messages = attempt.model, attempt.messages
+    if _streams_by_default(model):
+        return _merged_message(generate_from_stream(model._stream(messages, stop=stop, **kwargs)))
+    return _merged_message(model._generate(messages, stop=stop, **kwargs))
 
 
 async def _acall(attempt: Attempt) -> AIMessage:
     stop, kwargs = _split_stop(attempt.kwargs)
-    return _merged_message(await attempt.model._agenerate(attempt.messages, stop=stop, **kwargs))
+    model, messages = attempt.model, attempt.messages
+    if _streams_by_default(model) and _has_astream(model):
+        stream = model._astream(messages, stop=stop, **kwargs)
+        return _merged_message(await agenerate_from_stream(stream))
+    return _merged_message(await model._agenerate(messages, stop=stop, **kwargs))
 
 
 def _stream_call(attempt: Attempt) -> Iterator[AIMessageChunk]:

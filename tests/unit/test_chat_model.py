@@ -12,6 +12,7 @@ from langchain_rtr.chat_model import RTRChatModel
 from langchain_rtr.errors import ConfigError, KnobTypeError, RTRError
 from langchain_rtr.runnable import AllPairsFailedError, RTRRunnable
 from tests.unit.test_runnable_fakes import (
+    FakeChat,
     FakeRouter,
     connection_error,
     make_models,
@@ -141,3 +142,27 @@ def test_bad_call_kwargs_are_refused_before_any_model_call(
         chat.invoke("q", **kwargs)
     assert isinstance(caught.value, RTRError)
     assert router.calls == [] and not models["big"].calls and not models["small"].calls
+
+
+class StreamingOnlyChat(FakeChat):
+    """Like ChatOpenAI built with ``streaming=True``: its ``_generate`` alone cannot answer."""
+
+    streaming: bool = True
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("a streaming=True model must be called through its stream")
+
+    async def _agenerate(self, messages, stop=None, run_manager=None, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("a streaming=True model must be called through its stream")
+
+
+async def test_a_streaming_model_is_called_through_its_stream() -> None:
+    models = {
+        "big": StreamingOnlyChat(served="big-served", streaming=True),
+        "small": StreamingOnlyChat(served="small-served", reply="\\boxed{5}", streaming=True),
+    }
+    chat = RTRChatModel(runnable=RTRRunnable(router=FakeRouter(), models=models))
+    for message in (chat.invoke("What is 2+2?"), await chat.ainvoke("What is 2+2?")):
+        assert isinstance(message, AIMessage)
+        assert "boxed" in message.text
+        assert message.usage_metadata is not None and message.usage_metadata["output_tokens"] > 0
