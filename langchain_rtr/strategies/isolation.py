@@ -94,15 +94,26 @@ def bwrap_prefix(work: str | None = None, readable: tuple[str, ...] = ()) -> lis
         while parent not in ("/", "") and not any(_under(parent, b) for b in binds):
             dirs.add(parent)
             parent = os.path.dirname(parent)
+    # What lives under the host's /tmp (a venv there) is bound after the private /tmp is made,
+    # which would hide it otherwise.
+    late = [f for f in sorted(dirs, key=len) if _under(f, "/tmp")]
+    late_binds = [p for p in binds if _under(p, "/tmp")]
     for folder in sorted(dirs, key=len):  # created world-traversable, whatever the host's mode
-        args += ["--perms", "0755", "--dir", folder]
+        if folder not in late:
+            args += ["--perms", "0755", "--dir", folder]
     for path in binds:
-        args += ["--ro-bind", path, path]
+        if path not in late_binds:
+            args += ["--ro-bind", path, path]
     args += links
     args += ["--proc", "/proc", "--perms", "0755", "--tmpfs", "/dev"]
     for device in _DEVICES:
         args += ["--dev-bind", device, device]
     args += ["--size", str(_WORK_TMPFS_BYTES), "--perms", "1777", "--tmpfs", "/tmp"]
+    for folder in late:
+        if folder != "/tmp":
+            args += ["--perms", "0755", "--dir", folder]
+    for path in late_binds:
+        args += ["--ro-bind", path, path]
     if work is not None:
         parent = os.path.dirname(work)
         while parent not in ("/", "/tmp", ""):
