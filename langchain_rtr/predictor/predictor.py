@@ -580,12 +580,12 @@ class RTRPredictor:
         }
         if self.length_quantiles is not None:
             config["length_quantiles"] = self.length_quantiles.to_dict()
-        _atomic_write(
+        atomic_write(
             directory / WEIGHTS_FILE,
             lambda path: save_file(tensors, path, metadata={"format": FORMAT_NAME}),
         )
         text = json.dumps(config, indent=2, allow_nan=True)
-        _atomic_write(directory / CONFIG_FILE, lambda path: Path(path).write_text(text, "utf-8"))
+        atomic_write(directory / CONFIG_FILE, lambda path: Path(path).write_text(text, "utf-8"))
         artifact = save_artifact(self.encoder, directory)  # so a torch-free install can route it
         names = [WEIGHTS_FILE, CONFIG_FILE]
         if artifact is not None:  # the encoder's bytes are part of what the checkpoint vouches for
@@ -884,7 +884,8 @@ def _torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _atomic_write(path: Path, write: Callable[[str], Any]) -> None:
+def atomic_write(path: Path, write: Callable[[str], Any]) -> None:
+    """Write via a temporary file renamed into place, so a crash never leaves a torn file."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:

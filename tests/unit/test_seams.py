@@ -13,12 +13,7 @@ from langchain_rtr.errors import RTRError
 
 PACKAGE = Path(langchain_rtr.__file__).parent
 
-# Private imports inside the predictor package, which other work is reshaping right now.
-NOT_YET_PUBLIC_IMPORTS = {
-    "langchain_rtr.predictor.encoder._as_matrix",
-    "langchain_rtr.predictor.encoder._bundled_model_path",
-    "langchain_rtr.predictor.predictor._atomic_write",
-}
+NOT_YET_PUBLIC_IMPORTS: set[str] = set()
 
 
 def _modules() -> list[str]:
