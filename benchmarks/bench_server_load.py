@@ -33,11 +33,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -50,6 +52,7 @@ from typing import Any
 
 import httpx
 
+from langchain_rtr.server import ServerSettings
 from langchain_rtr.specs import ModelSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -177,6 +180,53 @@ def rss_mb(pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+def proc_stat(pid: int | str) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def cpu_s(pid: int, with_children: bool = True) -> float:
+    """CPU seconds (user + system, all threads) of the process, and its children (workers)."""
+    tree, total = {pid}, 0.0
+    stats = {int(p.name): proc_stat(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()}
+    for child, fields in sorted(stats.items()):  # children have larger pids than parents
+        if with_children and fields is not None and int(fields[1]) in tree:
+            tree.add(child)
+    for member in tree:
+        fields = stats.get(member)
+        if fields is not None:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU milliseconds per answered request of some processes over one phase of the run."""
+
+    def __init__(self, pids: Mapping[str, int]) -> None:
+        self.pids = dict(pids)
+        self.start = {name: self.cpu(name) for name in self.pids}
+
+    def cpu(self, name: str) -> float:
+        # the clients run in this process, whose children are the servers
+        return cpu_s(self.pids[name], with_children=name != "clients")
+
+    def per_request_ms(self, answered: int) -> dict[str, float]:
+        """Per process; a process stopped during the phase (its CPU is gone) is left out."""
+        now = {name: self.cpu(name) for name in self.pids}
+        return {
+            name: (now[name] - self.start[name]) * 1000.0 / max(1, answered)
+            for name in self.pids
+            if now[name] >= self.start[name]
+        }
+
+
+def print_cpu(per_request: Mapping[str, float]) -> None:
+    shown = ", ".join(f"{name} {ms:.2f}" for name, ms in per_request.items())
+    print(f"  CPU ms per answered request: {shown} (this process: the clients)")
 
 
 # --------------------------------------------------------------------------- stub backend
@@ -334,15 +384,26 @@ async def run_load(
     on_tick: Any = None,
 ) -> LoadResult:
     result = LoadResult()
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     counter = 0
-    t_start = time.perf_counter()
-    deadline = t_start + duration
-    async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(timeout)) as client:
+    # One connection per client, each in its own httpx client: httpx's pool scans every
+    # connection on every request, so one pool of 200 made the load generator itself the
+    # bottleneck (most of its CPU went there, and it saturated a core before the servers did).
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    tls = ssl.create_default_context()  # shared: each client would build its own (slow)
+    async with contextlib.AsyncExitStack() as stack:
+        pool = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(timeout), verify=tls)
+            )
+            for _ in range(clients)
+        ]
+        t_start = time.perf_counter()
+        deadline = t_start + duration
 
         async def worker(w: int) -> None:
             nonlocal counter
             rng = random.Random(w)
+            client = pool[w]
             while time.perf_counter() < deadline and counter < max_requests:
                 counter += 1
                 rid = f"{prefix}-{w}-{counter}"
@@ -475,6 +536,10 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=180.0, help="per request, client side")
     ap.add_argument("--baseline-seconds", type=float, default=15.0, help="stub only")
     ap.add_argument("--json", type=Path, help="write the figures here")
+    ap.add_argument("--workers", type=int, default=1, help="RTR server processes")
+    ap.add_argument(
+        "--max-route-batch", type=int, default=ServerSettings().max_route_batch, help="server"
+    )
     ap.add_argument(
         "--rss-points", type=int, default=8, help="RSS samples printed over the routed phase"
     )
@@ -560,10 +625,16 @@ def main() -> None:
         port = free_port()
         code = (
             "import sys; from langchain_rtr.server import run_server;"
-            "run_server(sys.argv[1], sys.argv[2], port=int(sys.argv[3]), log_level='warning')"
+            "workers, batch = int(sys.argv[4]), int(sys.argv[5]);"
+            "run_server(sys.argv[1], sys.argv[2], port=int(sys.argv[3]), log_level='warning',"
+            " **({'workers': workers} if workers > 1 else {}), max_route_batch=batch)"
         )
         server = start_process(
-            [sys.executable, "-c", code, str(router_dir), str(models_file), str(port)],
+            [
+                sys.executable,
+                *("-c", code, str(router_dir), str(models_file), str(port)),
+                *(str(args.workers), str(args.max_route_batch)),
+            ],
             work / "rtr-server.log",
             env,
         )
@@ -596,7 +667,9 @@ def main() -> None:
             "clients": args.clients,
             "duration_s": args.duration,
         }
+        backend_pids = {n: p.pid for n, p in stub_procs.items()}
         if args.backend == "stub" and args.baseline_seconds > 0:
+            meter = CpuMeter({"clients": os.getpid(), **backend_pids})
             direct = asyncio.run(
                 run_load(
                     urls["smol-a"] + "/chat/completions",
@@ -613,6 +686,9 @@ def main() -> None:
             figures["baseline_direct"] = summarise(
                 "baseline: clients -> stub backend directly", direct, echo=False
             )
+            answered = figures["baseline_direct"]["answered_ok"]
+            figures["baseline_direct"]["cpu_ms_per_request"] = meter.per_request_ms(answered)
+            print_cpu(figures["baseline_direct"]["cpu_ms_per_request"])
 
         stop_at = (
             None
@@ -637,6 +713,7 @@ def main() -> None:
                         await asyncio.to_thread(vllm_servers["smol-a"].stop, 10.0)
                 await asyncio.sleep(1.0)
 
+        meter = CpuMeter({"clients": os.getpid(), "rtr": server.pid, **backend_pids})
         routed = asyncio.run(
             run_load(
                 url,
@@ -655,6 +732,10 @@ def main() -> None:
         if stopped:
             title += f", smol-a stopped at {stopped['smol-a']:.0f} s"
         figures["routed"] = summarise(title, routed)
+        figures["routed"]["cpu_ms_per_request"] = meter.per_request_ms(
+            figures["routed"]["answered_ok"]
+        )
+        print_cpu(figures["routed"]["cpu_ms_per_request"])
         stats = httpx.get(base + "/rtr/stats", timeout=10).json()
         expected = len(warm.sent) + len(routed.sent)
         print(

@@ -61,6 +61,10 @@ def chat_model_for(spec: ModelSpec, **overrides: Any) -> BaseChatModel:
         "max_retries": DEFAULT_MAX_RETRIES,
         "timeout": backend_timeout(spec),
     }
+    if "stream_chunk_timeout" in ChatOpenAI.model_fields:
+        # The read timeout above already bounds every wait between bytes; langchain-openai's
+        # own per-chunk bound would add a task per streamed chunk.
+        kwargs["stream_chunk_timeout"] = None
     if spec.base_url:
         kwargs["base_url"] = spec.base_url
         # Local servers need no key, but the OpenAI client refuses to start without one.
@@ -114,6 +118,7 @@ class ModelRegistry(Mapping[str, BaseChatModel]):
             client_overrides: `ChatOpenAI` fields applied to every client built from a spec.
         """
         self._models: dict[str, BaseChatModel] = {}
+        self._built: set[str] = set()  # the names in _models that were built from a spec
         self._specs: dict[str, ModelSpec] = {}
         self._overrides = dict(client_overrides or {})
         self._lock = threading.Lock()
@@ -127,6 +132,20 @@ class ModelRegistry(Mapping[str, BaseChatModel]):
     def from_specs(cls, specs: Mapping[str, ModelSpec], **client_overrides: Any) -> ModelRegistry:
         """A registry of `ChatOpenAI` clients for every spec that has a `base_url`."""
         return cls(specs=specs, client_overrides=client_overrides)
+
+    def with_client_overrides(self, **client_overrides: Any) -> ModelRegistry:
+        """The same models, with these `ChatOpenAI` fields on every client built from a spec.
+
+        Models registered in code are shared as they are; clients built from specs are built
+        again, lazily, with the overrides on top of this registry's own (the server gives them
+        its pooled HTTP client this way).
+        """
+        with self._lock:
+            specs = dict(self._specs)  # a spec stays here once its client is built
+            code = {n: m for n, m in self._models.items() if n not in self._built}
+        return ModelRegistry(
+            code, specs=specs, client_overrides={**self._overrides, **client_overrides}
+        )
 
     def register(self, name: str, model: BaseChatModel, *, replace: bool = False) -> None:
         """Register a chat model under a router model name.
@@ -146,6 +165,7 @@ class ModelRegistry(Mapping[str, BaseChatModel]):
                 msg = f"model {name!r} is already registered; pass replace=True to replace it"
                 raise ConfigError(msg)
             self._specs.pop(name, None)
+            self._built.discard(name)
             self._models[name] = model
 
     def __getitem__(self, name: str) -> BaseChatModel:
@@ -162,6 +182,7 @@ class ModelRegistry(Mapping[str, BaseChatModel]):
                     raise UnknownPairError(msg)
                 model = chat_model_for(spec, **self._overrides)
                 self._models[name] = model
+                self._built.add(name)
             return model
 
     def __contains__(self, name: object) -> bool:

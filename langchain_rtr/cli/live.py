@@ -83,8 +83,11 @@ def serve_router(
     api_key: Annotated[
         str | None, typer.Option(envvar="RTR_API_KEY", help="Require this bearer key.")
     ] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Server processes, each loading the router once.")
+    ] = 1,
 ) -> None:
     """Serve RTR behind an OpenAI-compatible /v1/chat/completions endpoint."""
     from langchain_rtr.server import run_server
 
-    run_server(router_dir, models_file, host=host, port=port, api_key=api_key)
+    run_server(router_dir, models_file, host=host, port=port, api_key=api_key, workers=workers)

@@ -22,6 +22,7 @@ traffic log or a metrics hook would observe).
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -129,6 +130,19 @@ class DispatchEngine:
                     f"(registered: {sorted(self.models)})"
                 )
                 raise ConfigError(msg)
+
+    def with_models(self, models: ModelRegistry) -> DispatchEngine:
+        """This engine, calling the same models through other clients (the server's pooled ones).
+
+        Raises:
+            ConfigError: ``models`` does not name exactly this engine's models.
+        """
+        if set(models) != set(self.models):
+            msg = f"with_models: expected the models {sorted(self.models)}, got {sorted(models)}"
+            raise ConfigError(msg)
+        engine = copy.copy(self)
+        engine.models = models
+        return engine
 
     # ----------------------------------------------------------------- requests
     def check_pairs(self, items: Any, where: str) -> frozenset[Pair]:

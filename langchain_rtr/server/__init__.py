@@ -1,7 +1,8 @@
 """An OpenAI-compatible HTTP endpoint for RTR (see `langchain_rtr.server.app`)."""
 
-from langchain_rtr.server.app import KEEP_ALIVE_S, build_runnable, create_app, run_server
+from langchain_rtr.server.app import build_runnable, create_app
 from langchain_rtr.server.errors import OpenAIError
+from langchain_rtr.server.launch import KEEP_ALIVE_S, app_from_env, run_server
 from langchain_rtr.server.schemas import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_QUESTION_CHARS,
@@ -19,6 +20,7 @@ __all__ = [
     "ChatCompletionRequest",
     "OpenAIError",
     "ServerSettings",
+    "app_from_env",
     "build_runnable",
     "create_app",
     "parse_rtr_model",

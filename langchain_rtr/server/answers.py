@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -11,15 +10,21 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from langchain_core.messages import AIMessage, AIMessageChunk
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from langchain_rtr.dispatch import AllPairsFailedError, Attempt, RTRResult, routing_row
+from langchain_rtr.dispatch import (
+    AllPairsFailedError,
+    Attempt,
+    DispatchEngine,
+    RTRResult,
+    routing_row,
+)
 from langchain_rtr.errors import ConfigError, UnknownPairError
-from langchain_rtr.runnable import RTRRunnable
 from langchain_rtr.server.batching import RouteBatcher
 from langchain_rtr.server.errors import OpenAIError, bad_request
+from langchain_rtr.server.jsonio import FastJSONResponse, dumps
 from langchain_rtr.server.schemas import (
     ChatCompletionRequest,
     ServerSettings,
@@ -166,9 +171,9 @@ class RoutedAnswers:
     """Answers requests for the route name through the runnable's dispatch engine."""
 
     def __init__(
-        self, runnable: RTRRunnable, batcher: RouteBatcher, stats: Stats, cfg: ServerSettings
+        self, engine: DispatchEngine, batcher: RouteBatcher, stats: Stats, cfg: ServerSettings
     ) -> None:
-        self.runnable = runnable
+        self.engine = engine
         self.batcher = batcher
         self.stats = stats
         self.cfg = cfg
@@ -181,7 +186,7 @@ class RoutedAnswers:
         knob_set = request_knobs(knobs, req.rtr)
         messages = to_messages(req.messages, self.cfg.max_question_chars)
         try:
-            lreq = self.runnable.engine.request(
+            lreq = self.engine.request(
                 messages, knob_set, call_kwargs(req), pairs_label="RTR knob 'pairs'"
             )
         except (ConfigError, UnknownPairError, ValueError, TypeError) as exc:
@@ -212,7 +217,7 @@ class RoutedAnswers:
                 timing.backend_s += time.perf_counter() - t_call
 
         try:
-            result = await self.runnable.engine.aexecute(lreq, decision, call)
+            result = await self.engine.aexecute(lreq, decision, call)
         except AllPairsFailedError as exc:
             result = exc.result
         self.record(result)
@@ -241,7 +246,7 @@ class RoutedAnswers:
         )
         headers["x-rtr-backend-ms"] = f"{timing.backend_s * 1000.0:.3f}"
         headers["x-rtr-overhead-ms"] = f"{rtr['timing_ms']['overhead']:.3f}"
-        return JSONResponse(body, headers=headers)
+        return FastJSONResponse(body, headers=headers)
 
     def record(self, result: RTRResult) -> None:
         """Count the answer in the stats."""
@@ -281,7 +286,7 @@ class RoutedAnswers:
 
         engine = cast(
             "AsyncGenerator[AIMessageChunk | RTRResult, None]",
-            self.runnable.engine.aexecute_stream(lreq, decision, call),
+            self.engine.aexecute_stream(lreq, decision, call),
         )
 
         async def next_item() -> AIMessageChunk | RTRResult:
@@ -317,11 +322,11 @@ class RoutedAnswers:
             if include_usage:
                 body["usage"] = None
             body.update(extra)
-            return json.dumps(body, ensure_ascii=False)
+            return dumps(body)
 
         def error_events(err: OpenAIError) -> list[ServerSentEvent]:
             """OpenAI's way to end a stream that failed after its headers: error, [DONE]."""
-            body = json.dumps(err.body(), ensure_ascii=False)
+            body = dumps(err.body())
             return [ServerSentEvent(body), ServerSentEvent("[DONE]")]
 
         async def events() -> AsyncIterator[ServerSentEvent]:
@@ -344,11 +349,8 @@ class RoutedAnswers:
                 rtr = rtr_field(result, timing, time.perf_counter())
                 yield ServerSentEvent(chunk({}, finish_reason(result.message), rtr=rtr))
                 if include_usage:
-                    usage_chunk = json.loads(chunk({}))
-                    usage_chunk["choices"] = []
-                    usage_chunk["usage"] = openai_usage(result)
-                    usage_chunk["rtr"] = rtr
-                    yield ServerSentEvent(json.dumps(usage_chunk, ensure_ascii=False))
+                    usage = openai_usage(result)
+                    yield ServerSentEvent(chunk({}, None, choices=[], usage=usage, rtr=rtr))
                 yield ServerSentEvent("[DONE]")
             except Exception as exc:  # a bug, not a backend: still end the stream cleanly
                 log.exception("routed stream %s failed", completion_id)

@@ -63,16 +63,12 @@ from langchain_rtr.server.auth import api_key_check
 from langchain_rtr.server.batching import RouteBatcher
 from langchain_rtr.server.errors import OpenAIError, bad_request, validation_error
 from langchain_rtr.server.passthrough import passthrough
+from langchain_rtr.server.pooling import pooled_engine, pooled_http_client
 from langchain_rtr.server.schemas import ChatCompletionRequest, ServerSettings, parse_rtr_model
 from langchain_rtr.server.stats import CountingMiddleware, Stats
 from langchain_rtr.specs import ModelSpec
 
 log = logging.getLogger("langchain_rtr.server")
-
-KEEP_ALIVE_S = 75
-"""Seconds an idle client connection is kept open. Longer than the clients' own idle expiry
-(httpx and `openai`: 5 s), so the client always closes first: with uvicorn's default, also 5 s,
-a request sent on a connection just as the server closes it is lost (a client `ReadError`)."""
 
 
 def build_runnable(
@@ -145,7 +141,9 @@ def create_app(
     if cfg.route_name in by_name:
         raise ConfigError(f"route name {cfg.route_name!r} is also a backend model's name")
     stats = Stats()
-    answers = RoutedAnswers(runnable, RouteBatcher(runnable, cfg.max_route_batch), stats, cfg)
+    backend_client = pooled_http_client()
+    engine = pooled_engine(runnable.engine, backend_client)
+    answers = RoutedAnswers(engine, RouteBatcher(engine, cfg.max_route_batch), stats, cfg)
     created = int(time.time())
     own_client = http_client is None
     client = http_client or httpx.AsyncClient(
@@ -160,6 +158,8 @@ def create_app(
         finally:
             if own_client:
                 await client.aclose()
+            if backend_client is not None:
+                await backend_client.aclose()
 
     app = FastAPI(
         title="langchain-rtr",
@@ -167,6 +167,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.stats = stats
+    app.state.engine = engine  # the runnable's engine on the pooled client
     app.state.settings = cfg
     app.add_middleware(CountingMiddleware, stats=stats)
 
@@ -347,55 +348,3 @@ def create_app(
         return await answers.answer(req, knobs, timing, rid)
 
     return app
-
-
-def run_server(
-    router_dir_or_runnable: str | os.PathLike[str] | RTRRunnable,
-    models_file: str | os.PathLike[str] | None = None,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    api_key: str | None = None,
-    *,
-    log_level: str = "info",
-    limit_concurrency: int | None = None,
-    settings: ServerSettings | None = None,
-    **setting_overrides: Any,
-) -> None:
-    """Serve the endpoint with uvicorn until Ctrl-C (the body of `rtr serve-router`).
-
-    Args:
-        router_dir_or_runnable: A saved router directory, or a ready `RTRRunnable`.
-        models_file: The models file with the endpoints (needed with a router directory
-            unless the saved specs already carry base URLs).
-        host: Address to bind; keep 127.0.0.1 unless an `api_key` guards it.
-        port: Port to bind.
-        api_key: Required bearer token; None: open.
-        log_level: uvicorn's log level.
-        limit_concurrency: uvicorn's cap on open connections (503 beyond it); None: no cap.
-        settings: Full `ServerSettings` (`api_key` and overrides win over it).
-        **setting_overrides: Other `ServerSettings` fields.
-    """
-    import uvicorn
-
-    if isinstance(router_dir_or_runnable, RTRRunnable):
-        runnable = router_dir_or_runnable
-        backends = None
-        if models_file is not None:
-            from langchain_rtr.config import load_models_file
-
-            backends = {n: s for n, s in load_models_file(models_file).specs.items() if s.base_url}
-    else:
-        runnable, backends = build_runnable(Path(router_dir_or_runnable), models_file)
-    overrides = dict(setting_overrides)
-    if api_key is not None:
-        overrides["api_key"] = api_key
-    app = create_app(runnable, backends=backends, settings=settings, **overrides)
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        limit_concurrency=limit_concurrency,
-        timeout_keep_alive=KEEP_ALIVE_S,
-        timeout_graceful_shutdown=10,
-    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from langchain_rtr.runnable import RTRRunnable
+from langchain_rtr.dispatch import DispatchEngine
 
 
 class RouteBatcher:
@@ -17,8 +17,8 @@ class RouteBatcher:
     for a batch to fill: a request that arrives when the router is idle is routed at once.
     """
 
-    def __init__(self, runnable: RTRRunnable, max_batch: int) -> None:
-        self.runnable = runnable
+    def __init__(self, engine: DispatchEngine, max_batch: int) -> None:
+        self.engine = engine
         self.max_batch = max_batch
         self.queue: list[tuple[Any, asyncio.Future[Any]]] = []
         self.busy = False
@@ -53,13 +53,13 @@ class RouteBatcher:
             self.busy = False
 
     def _route(self, reqs: list[Any]) -> list[Any]:
-        rtr = self.runnable
-        decisions: list[Any] = rtr.engine.route_many(reqs) if len(reqs) > 1 else [None]
+        engine = self.engine
+        decisions: list[Any] = engine.route_many(reqs) if len(reqs) > 1 else [None]
         out: list[Any] = []
         for req, decision in zip(reqs, decisions, strict=True):
             if decision is None:  # alone, or its group failed: route it alone for its error
                 try:
-                    decision = rtr.engine.route(req)
+                    decision = engine.route(req)
                 except Exception as exc:
                     decision = exc
             out.append(decision)

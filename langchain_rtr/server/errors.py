@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from langchain_rtr.errors import RTRError
 from langchain_rtr.knobs import KNOBS
+from langchain_rtr.server.jsonio import FastJSONResponse
 
 
 class OpenAIError(RTRError):
@@ -59,7 +60,7 @@ class OpenAIError(RTRError):
 
     def response(self) -> JSONResponse:
         """The error as a response."""
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+        return FastJSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> OpenAIError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import uuid
@@ -33,6 +34,7 @@ class Stats:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
         return {
+            "worker": os.getpid(),  # with --workers N, each process counts its own requests
             "uptime_s": round(time.time() - self.started, 3),
             "requests": self.requests,
             "in_flight": self.in_flight,
