@@ -45,15 +45,22 @@ lint: setup
 bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/run_all.py
 
-# The routing-only install (`pip install langchain-rtr`, no [train] extra, so no torch), built as
-# a wheel into a fresh venv: it must load a router the full install trained, and route, run the
+# The package as published: `python -m build` (sdist + wheel) and `twine check`; then the
+# routing-only install (`pip install langchain-rtr`, no [train] extra, so no torch), the wheel in
+# a fresh venv: it must load a router the full install trained, and route, run the
 # LangChain / LangGraph layers and serve with it (scripts/check_routing_install.py).
 routing-check: setup
 	rm -rf $(ROUTING_VENV) $(ROUTING_CHECK)
 	mkdir -p $(ROUTING_CHECK)
-	$(BIN)/pip wheel --quiet --no-deps --wheel-dir $(ROUTING_CHECK) .
+	$(BIN)/python -m build --outdir $(ROUTING_CHECK)/dist . > $(ROUTING_CHECK)/build.log
+	$(BIN)/twine check --strict $(ROUTING_CHECK)/dist/*
 	$(PYTHON) -m venv $(ROUTING_VENV)
-	$(ROUTING_VENV)/bin/pip install --quiet $(ROUTING_CHECK)/langchain_rtr-*.whl
+	$(ROUTING_VENV)/bin/pip install --quiet $(ROUTING_CHECK)/dist/langchain_rtr-*.whl
 	HF_HUB_OFFLINE=1 $(BIN)/python scripts/check_routing_install.py train $(ROUTING_CHECK)/router
 	cd $(ROUTING_CHECK) && HF_HUB_OFFLINE=1 $(CURDIR)/$(ROUTING_VENV)/bin/python \
 		$(CURDIR)/scripts/check_routing_install.py route router
+	cd $(ROUTING_CHECK) && $(CURDIR)/$(ROUTING_VENV)/bin/python \
+		$(CURDIR)/scripts/check_routing_install.py wheel dist
+	cd $(ROUTING_CHECK) && export HF_HUB_OFFLINE=1 && rtr=$(CURDIR)/$(ROUTING_VENV)/bin/rtr && \
+		$$rtr --version && $$rtr demo --help > /dev/null && $$rtr bundled && \
+		$$rtr route "What is 17 * 23?" --router router

@@ -7,6 +7,7 @@ stays cheap and does not pull in torch, LangGraph or the web server until they a
 from __future__ import annotations
 
 from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 # name -> module that defines it
@@ -142,6 +143,11 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = sorted(_EXPORTS)
+
+try:  # the one version source is pyproject.toml; the installed metadata carries it
+    __version__ = version("langchain-rtr")
+except PackageNotFoundError:  # pragma: no cover - a source tree that was never installed
+    __version__ = "0+unknown"
 
 
 def __getattr__(name: str) -> Any:

@@ -4,6 +4,7 @@ Two steps, in two venvs:
 
     .venv/bin/python scripts/check_routing_install.py train DIR       # the full install
     .venv-routing/bin/python scripts/check_routing_install.py route DIR   # wheel, no torch
+    .venv-routing/bin/python scripts/check_routing_install.py wheel DIST  # what the wheel holds
 
 `train` fits a small router with the default encoder (onnx-int8) on the bundled LLMRouter set
 and saves it with the decisions it makes on a few questions. `route` checks that torch,
@@ -106,12 +107,38 @@ async def _serve_one(rtr: object) -> None:
     print(f"server: {reply.json()['rtr']['model']} answered")
 
 
+def wheel(dist: Path) -> None:
+    """The built wheel carries py.typed, every bundled set with its licence, and one version."""
+    import zipfile
+
+    (built,) = dist.glob("langchain_rtr-*.whl")
+    names = set(zipfile.ZipFile(built).namelist())
+    assert "langchain_rtr/py.typed" in names, "py.typed is missing"
+    from langchain_rtr.data.bundled import list_bundled
+
+    sets = list_bundled()
+    assert sets, "no bundled set found"
+    for name in sets:
+        for part in ("records.parquet", "LICENSE", "ATTRIBUTION.md"):
+            path = f"langchain_rtr/data/bundled/{name}/{part}"
+            assert path in names, f"{path} is not in {built.name}"
+    meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
+    text = zipfile.ZipFile(built).read(meta).decode()
+    assert "License-Expression: MIT" in text, "the licence is not an SPDX expression"
+    from importlib.metadata import version
+
+    lines = text.splitlines()
+    stated = next(line.split(": ", 1)[1] for line in lines if line.startswith("Version:"))
+    assert stated == version("langchain-rtr"), (stated, version("langchain-rtr"))
+    print(f"{built.name}: py.typed, {len(sets)} bundled sets with licences, version {stated}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=["train", "route"])
-    parser.add_argument("router", type=Path)
+    parser.add_argument("step", choices=["train", "route", "wheel"])
+    parser.add_argument("path", type=Path, help="the router directory (wheel: the dist folder)")
     args = parser.parse_args()
-    (train if args.step == "train" else route)(args.router)
+    {"train": train, "route": route, "wheel": wheel}[args.step](args.path)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,28 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from langchain_rtr import __version__
+
+        typer.echo(f"langchain-rtr {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """Route-To-Reason: route each question to the best (model, strategy) pair for its cost."""
+
+
 # Rich falls back to 80 columns when not on a terminal, which truncates model names in tables.
 console = Console(width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True)
