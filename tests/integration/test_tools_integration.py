@@ -83,7 +83,9 @@ def router(smol_servers: SmolServers) -> RTRRouter:
             ensemble=1,
         ),
     )
-    return RTRRouter(predictor, specs, cost_unit="usd", default_policy=Tradeoff(1.0))
+    out = RTRRouter(predictor, specs, cost_unit="usd", default_policy=Tradeoff(1.0))
+    out.fit_cost_scale(matrix.questions)
+    return out
 
 
 def make_chat(router: RTRRouter, **params: Any) -> RTRChatModel:
