@@ -177,21 +177,28 @@ class DispatchEngine:
             if not allowed:
                 msg = f"{pairs_label}: none of {sorted(per_call)} is allowed here"
                 raise ConfigError(msg)
-        usable = self.servable if allowed is None else allowed
-        capable = capable_pairs(usable, self.strategies, self.router.models, call_kwargs)
+        capable = self.capable(call_kwargs, allowed)
         if capable is not None:
             allowed = capable
         return CallRequest(
             question, before, after, policy, allowed, budget, dict(call_kwargs or {})
         )
 
-    def capable(self, call_kwargs: Mapping[str, Any]) -> frozenset[Pair] | None:
-        """The usable pairs that can carry the call's tools or format; None when it has neither.
+    def capable(
+        self, call_kwargs: Mapping[str, Any], allowed: frozenset[Pair] | None = None
+    ) -> frozenset[Pair] | None:
+        """The pairs that can carry the call's tools or format; None when it has neither.
+
+        Args:
+            call_kwargs: The call's kwargs (``tools``, ``response_format``, ...).
+            allowed: The pairs the call may use (None: this engine's own allowed pairs).
 
         Raises:
-            NoCapablePairError: It has tools or a format and no usable pair can carry them.
+            NoCapablePairError: It has tools or a format and no allowed pair can carry them.
         """
-        usable = self.servable if self.allowed is None else self.allowed
+        if allowed is None:
+            allowed = self.allowed
+        usable = self.servable if allowed is None else allowed
         return capable_pairs(usable, self.strategies, self.router.models, call_kwargs)
 
     @property
