@@ -44,7 +44,7 @@ QUESTIONS = [f"Question {i}: what is {i} plus {i}?" for i in range(8)]
 
 SMALL_MODEL = "SmolLM2-135M cannot decide on its own to call a tool (tool_choice='auto')"
 LONG_JOKES = (
-    "not run (each costs a full-cap generation): SmolLM2-135M never ends the joke's strings, so "
+    "not run (each costs a full-cap generation): SmolLM2-135M did not end the joke's strings, so "
     "its guided JSON runs past the cap (openai.LengthFinishReasonError, measured at 48, 64 and "
     "192 tokens with test_structured_output[pydantic]); guided JSON is exercised for real by "
     "test_structured_output_uses_guided_json and, through a forced tool call, by "
