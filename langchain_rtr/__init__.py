@@ -21,6 +21,7 @@ _EXPORTS: dict[str, str] = {
     "RTRError": "langchain_rtr.errors",
     "ConfigError": "langchain_rtr.errors",
     "UnknownPairError": "langchain_rtr.errors",
+    "NoCapablePairError": "langchain_rtr.dispatch.tools",
     "KnobTypeError": "langchain_rtr.errors",
     "QuestionTypeError": "langchain_rtr.errors",
     "QuestionValueError": "langchain_rtr.errors",
@@ -198,6 +199,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     )
     from langchain_rtr.data.records import RecordError, RoutingRecord
     from langchain_rtr.dispatch import Attempt, CallRequest, DispatchEngine
+    from langchain_rtr.dispatch.tools import NoCapablePairError
     from langchain_rtr.errors import (
         ConfigError,
         KnobTypeError,

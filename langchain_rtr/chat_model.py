@@ -19,14 +19,22 @@ parsed by the one knob parser (`langchain_rtr.knobs`). Other keyword arguments (
 `max_tokens`, `stop`) go to the chosen model; `max_tokens` must be a positive int and is still
 capped.
 
-Capabilities: text in, text out, streaming. No tool calling or structured output: the
-candidates are reasoning setups (CoT, PAL, ...) whose prompts and answer parsing assume a
-free-text answer, and a routed model may not support tools.
+Capabilities: text in, text out, streaming, tool calling, structured output. `bind_tools`
+(with `tool_choice`) routes among the pairs whose strategy carries tools (`supports_tools`:
+direct, think, no_think) on models declared `tools: true` in the models file; the chosen model
+binds the tools itself. `with_structured_output` (Pydantic, TypedDict or JSON schema; `method`
+`json_schema` (default: the server's JSON-schema structured output, vLLM's guided decoding),
+`function_calling` or `json_mode`, as in ChatOpenAI) routes among the pairs whose strategy
+carries tools. CoT, CoD and PAL shape and parse a free-text answer, so such calls never go
+there; a call nothing can carry raises `NoCapablePairError`. A turn after tool results is
+routed on the last human message, as any other: tool calls and tool messages are context.
+With `output="answer"`, calls with tools or a response format still return the message.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from operator import itemgetter
 from typing import Any, Literal, cast
 
 from langchain_core.callbacks import (
@@ -38,12 +46,21 @@ from langchain_core.callbacks import (
 from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
 from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
+from langchain_core.output_parsers.openai_tools import (
+    JsonOutputKeyToolsParser,
+    PydanticToolsParser,
+)
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableMap, RunnablePassthrough
 from langchain_core.runnables.config import ensure_config
-from pydantic import ConfigDict
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_function, convert_to_openai_tool
+from langchain_core.utils.pydantic import is_basemodel_subclass
+from pydantic import BaseModel, ConfigDict
 
 from langchain_rtr.dispatch import AllPairsFailedError, Attempt, CallRequest, RTRResult, routing_row
+from langchain_rtr.dispatch.tools import carries_format, carries_tools
 from langchain_rtr.runnable import CONFIG_KEYS, DECISION_EVENT, RTRRunnable
 
 __all__ = ["RTRChatModel"]
@@ -164,6 +181,30 @@ async def _astream_call(attempt: Attempt) -> AsyncIterator[AIMessageChunk]:
         yield _chunk_message(chunk)
 
 
+def _shaped(kwargs: Mapping[str, Any]) -> bool:
+    """Whether the call has tools or a structured output format (its message is the answer)."""
+    return carries_tools(kwargs) or carries_format(kwargs)
+
+
+StructuredMethod = Literal["json_schema", "function_calling", "json_mode"]
+
+
+def _with_parser(
+    llm: Runnable[LanguageModelInput, Any], parser: Runnable[Any, Any], include_raw: bool
+) -> Runnable[LanguageModelInput, Any]:
+    """``llm | parser``, or with ``include_raw`` the ``raw``/``parsed``/``parsing_error`` dict.
+
+    As LangChain's chat models return it: a parse failure is reported, not raised.
+    """
+    if not include_raw:
+        return llm | parser
+    parsed = RunnablePassthrough.assign(
+        parsed=itemgetter("raw") | parser, parsing_error=lambda _: None
+    )
+    failed = RunnablePassthrough.assign(parsed=lambda _: None)
+    return RunnableMap(raw=llm) | parsed.with_fallbacks([failed], exception_key="parsing_error")
+
+
 class RTRChatModel(BaseChatModel):
     """A `BaseChatModel` that routes every call through an `RTRRunnable`.
 
@@ -254,6 +295,112 @@ class RTRChatModel(BaseChatModel):
         ):
             yield chunk
 
+    # -- tools and structured output ---------------------------------------------------------
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | dict[str, Any] | bool | None = None,
+        strict: bool | None = None,
+        parallel_tool_calls: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools (OpenAI format); calls then route among the pairs that can carry them.
+
+        Args:
+            tools: Tools, functions, Pydantic classes or OpenAI tool dicts.
+            tool_choice: As LangChain's chat models take it: a tool's name, ``"any"`` (or
+                ``"required"``, ``True``) to force a call, ``"auto"``, ``"none"``; the chosen
+                model's own ``bind_tools`` translates it.
+            strict: OpenAI's strict schema flag, passed on.
+            parallel_tool_calls: Whether several calls may come in one turn, passed on.
+            **kwargs: More call kwargs (bound as they are).
+
+        Raises:
+            NoCapablePairError: No usable pair can carry tools (no model declares
+                ``tools: true``, or no strategy supports tools).
+        """
+        formatted = [convert_to_openai_tool(t, strict=strict) for t in tools]
+        options = {"tool_choice": tool_choice, "parallel_tool_calls": parallel_tool_calls}
+        bound = {"tools": formatted, **{k: v for k, v in options.items() if v is not None}}
+        if strict is not None:
+            bound["strict"] = strict
+        self.runnable.engine.capable(bound)  # fail at bind time, not on the first call
+        return self.bind(**bound, **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type | None = None,
+        *,
+        method: StructuredMethod = "json_schema",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
+        """A runnable that routes and returns ``schema``'s object (a dict for a dict schema).
+
+        Args:
+            schema: A Pydantic class, a TypedDict, or a JSON schema / OpenAI function dict
+                (``json_mode`` may go without: it then returns whatever JSON object came).
+            method: ``json_schema``: the server's JSON-schema structured output
+                (``response_format``; vLLM's guided decoding, so even a small model answers
+                valid JSON); ``function_calling``: a forced call of a tool with the schema
+                (needs a tool model); ``json_mode``: ``response_format`` ``json_object``, the
+                schema is only used to parse.
+            include_raw: Return ``{"raw": AIMessage, "parsed": ..., "parsing_error": ...}``.
+            strict: OpenAI's strict schema flag, passed on.
+            **kwargs: Not accepted (a typo must not be ignored).
+
+        Raises:
+            ValueError: An unknown method or argument, or no schema where one is needed.
+            NoCapablePairError: No usable pair can carry it.
+        """
+        if kwargs:
+            raise ValueError(f"with_structured_output: unsupported arguments {sorted(kwargs)}")
+        if method not in ("json_schema", "function_calling", "json_mode"):
+            msg = (
+                "with_structured_output: method must be 'json_schema', 'function_calling' or "
+                f"'json_mode', got {method!r}"
+            )
+            raise ValueError(msg)
+        if schema is None and method != "json_mode":
+            raise ValueError(f"with_structured_output: method={method!r} needs a schema")
+        pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
+        trace: dict[str, Any] = {}
+        if schema is not None:
+            fmt = {"kwargs": {"method": method, "strict": strict}, "schema": schema}
+            trace["ls_structured_output_format"] = fmt
+        parser: Runnable[Any, Any]
+        if method == "function_calling":
+            assert schema is not None
+            name = convert_to_openai_tool(schema)["function"]["name"]
+            llm = self.bind_tools([schema], tool_choice=name, strict=strict, **trace)
+            parser = (
+                PydanticToolsParser(tools=[cast("type[BaseModel]", schema)], first_tool_only=True)
+                if pydantic
+                else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
+            )
+            return _with_parser(llm, parser, include_raw)
+        if method == "json_schema":
+            assert schema is not None
+            function = convert_to_openai_function(schema, strict=strict)
+            spec = {"name": function["name"], "schema": function["parameters"]}
+            if function.get("description"):
+                spec["description"] = function["description"]
+            if strict is not None:
+                spec["strict"] = strict
+            response_format: dict[str, Any] = {"type": "json_schema", "json_schema": spec}
+        else:
+            response_format = {"type": "json_object"}
+        self.runnable.engine.capable({"response_format": response_format})
+        llm = self.bind(response_format=response_format, **trace)
+        parser = (
+            PydanticOutputParser(pydantic_object=cast("type[BaseModel]", schema))
+            if pydantic
+            else JsonOutputParser()
+        )
+        return _with_parser(llm, parser, include_raw)
+
     # -- the routing -------------------------------------------------------------------------
     def _request(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: Mapping[str, Any]
@@ -271,7 +418,7 @@ class RTRChatModel(BaseChatModel):
             call_kwargs["stop"] = stop
         return self.runnable.request(messages, knobs, call_kwargs)
 
-    def _message(self, result: RTRResult) -> AIMessage:
+    def _message(self, result: RTRResult, req: CallRequest) -> AIMessage:
         if result.message is None:
             raise AllPairsFailedError(result) from result.exception
         info = {
@@ -286,7 +433,7 @@ class RTRChatModel(BaseChatModel):
         update: dict[str, Any] = {
             "response_metadata": {**result.message.response_metadata, "rtr": info}
         }
-        if self.output == "answer":
+        if self.output == "answer" and not _shaped(req.call_kwargs):  # else the message is it
             update["content"] = result.answer or ""
         return result.message.model_copy(update=update)
 
@@ -302,7 +449,7 @@ class RTRChatModel(BaseChatModel):
         decision = rtr.engine.route(req)
         _emit(run_manager, decision)
         result = rtr.engine.execute(req, decision, _call)
-        return ChatResult(generations=[ChatGeneration(message=self._message(result))])
+        return ChatResult(generations=[ChatGeneration(message=self._message(result, req))])
 
     async def _agenerate(
         self,
@@ -316,10 +463,10 @@ class RTRChatModel(BaseChatModel):
         decision = await rtr.aroute(req, ensure_config())
         await _aemit(run_manager, decision)
         result = await rtr.engine.aexecute(req, decision, _acall)
-        return ChatResult(generations=[ChatGeneration(message=self._message(result))])
+        return ChatResult(generations=[ChatGeneration(message=self._message(result, req))])
 
-    def _final_chunk(self, result: RTRResult) -> ChatGenerationChunk:
-        message = self._message(result)  # raises when nothing answered
+    def _final_chunk(self, result: RTRResult, req: CallRequest) -> ChatGenerationChunk:
+        message = self._message(result, req)  # raises when nothing answered
         chunk = AIMessageChunk(
             content="", response_metadata={"rtr": message.response_metadata["rtr"]}
         )
@@ -332,7 +479,7 @@ class RTRChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        if self.output == "answer":  # the answer exists only once the whole reply is parsed
+        if self.output == "answer" and not _shaped(kwargs):  # parsed once the reply is whole
             result = self._generate(messages, stop, run_manager, **kwargs)
             yield ChatGenerationChunk(
                 message=_as_chunk(cast("AIMessage", result.generations[0].message))
@@ -344,7 +491,7 @@ class RTRChatModel(BaseChatModel):
         _emit(run_manager, decision)
         for item in rtr.engine.execute_stream(req, decision, _stream_call):
             if isinstance(item, RTRResult):
-                yield self._final_chunk(item)
+                yield self._final_chunk(item, req)
             else:  # BaseChatModel.stream reports the token to the callbacks
                 yield ChatGenerationChunk(message=item)
 
@@ -355,7 +502,7 @@ class RTRChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        if self.output == "answer":
+        if self.output == "answer" and not _shaped(kwargs):
             result = await self._agenerate(messages, stop, run_manager, **kwargs)
             yield ChatGenerationChunk(
                 message=_as_chunk(cast("AIMessage", result.generations[0].message))
@@ -367,6 +514,6 @@ class RTRChatModel(BaseChatModel):
         await _aemit(run_manager, decision)
         async for item in rtr.engine.aexecute_stream(req, decision, _astream_call):
             if isinstance(item, RTRResult):
-                yield self._final_chunk(item)
+                yield self._final_chunk(item, req)
             else:
                 yield ChatGenerationChunk(message=item)

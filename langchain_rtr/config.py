@@ -15,6 +15,7 @@ starts a local vLLM server for it. Example (see ``examples/models.cpu.yaml``)::
         output_price: 0.04       # $ per million output tokens
         max_tokens: 512
         reasoning: false
+        tools: false             # true: its server calls tools (vLLM --enable-auto-tool-choice)
         first_byte_timeout_s: 30  # optional; see langchain_rtr.models for the defaults
         # base_url (an http(s) URL) defaults to http://<host>:<port>/v1 of the serve section
         serve:
@@ -25,8 +26,9 @@ starts a local vLLM server for it. Example (see ``examples/models.cpu.yaml``)::
           enforce_eager: true
 
 Relative paths (``serve.model`` when it names an existing path or starts with ``./``, ``../``,
-``/`` or ``~``; ``serve.python`` when it contains a ``/``) are resolved against the directory of
-the models file, so the file means the same thing from any working directory.
+``/`` or ``~``; ``serve.python`` when it contains a ``/``; an ``extra_args`` item starting with
+``./`` or ``../``, e.g. a ``--chat-template`` file) are resolved against the directory of the
+models file, so the file means the same thing from any working directory.
 """
 
 from __future__ import annotations
@@ -143,6 +145,7 @@ class ModelEntry(BaseModel):
     )
     max_tokens: int | None = Field(default=None, gt=0)
     reasoning: bool = False
+    tools: bool = False
     connect_timeout_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     first_byte_timeout_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     serve: ServeConfig | None = None
@@ -186,6 +189,7 @@ class ModelEntry(BaseModel):
             api_key=api_key,
             max_tokens=self.max_tokens,
             reasoning=self.reasoning,
+            tools=self.tools,
             connect_timeout_s=self.connect_timeout_s,
             first_byte_timeout_s=self.first_byte_timeout_s,
         )
@@ -382,6 +386,11 @@ def _resolve_paths(serve: ServeConfig, base_dir: Path | None) -> ServeConfig:
         # Don't resolve symlinks: a venv's python is a link to the base interpreter, and only
         # the link path makes Python pick up the venv's site-packages.
         update["python"] = os.path.abspath(base / Path(serve.python).expanduser())
+    args = [
+        os.path.abspath(base / a) if a.startswith(("./", "../")) else a for a in serve.extra_args
+    ]
+    if args != serve.extra_args:
+        update["extra_args"] = args
     return serve.model_copy(update=update) if update else serve
 
 

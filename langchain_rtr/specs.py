@@ -26,6 +26,11 @@ class ModelSpec(BaseModel):
     api_key: str | None = None
     max_tokens: int | None = Field(default=None, gt=0)
     reasoning: bool = Field(default=False, description="Whether it can think (thinking on/off).")
+    tools: bool = Field(
+        default=False,
+        description="Whether its server calls tools (vLLM: --enable-auto-tool-choice and a "
+        "--tool-call-parser); calls with tools route only among models that do.",
+    )
     connect_timeout_s: float | None = Field(
         default=None, gt=0, allow_inf_nan=False, description="Seconds to connect; None: default."
     )

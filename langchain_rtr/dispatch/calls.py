@@ -176,6 +176,8 @@ class CallRun:
         """Record a failure; whether the call goes on to another attempt."""
         self.last_exc = exc
         record = self.fallback.failed(attempt.pair, exc, count_tokens(chunks))
+        if any(c.tool_call_chunks for c in chunks):
+            return False  # a half-streamed tool call cannot be taken back or continued
         if record.streamed_tokens:
             self.streamed.append((attempt, list(chunks)))
         return record.retryable

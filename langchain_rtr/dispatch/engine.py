@@ -55,6 +55,7 @@ from langchain_rtr.dispatch.results import (
     routing_row,
     usage_of,
 )
+from langchain_rtr.dispatch.tools import bind_call_tools, capable_pairs
 from langchain_rtr.errors import ConfigError, UnknownPairError
 from langchain_rtr.knobs import Knobs, check_tokens, parse_knobs, parse_pairs, policy_budget
 from langchain_rtr.models import ModelRegistry
@@ -169,7 +170,11 @@ class DispatchEngine:
         *,
         pairs_label: str = "pairs",
     ) -> CallRequest:
-        """The call for ``input`` under ``knobs`` (parsed by `parse_knobs`)."""
+        """The call for ``input`` under ``knobs`` (parsed by `parse_knobs`).
+
+        Tools or a structured output format in ``call_kwargs`` restrict the call to the pairs
+        that can carry them (`langchain_rtr.dispatch.tools`).
+        """
         question, before, after = split_input(input)
         call_kwargs = dict(call_kwargs or {})
         if call_kwargs.get("max_tokens") is not None:
@@ -186,9 +191,29 @@ class DispatchEngine:
             if not allowed:
                 msg = f"{pairs_label}: none of {sorted(per_call)} is allowed here"
                 raise ConfigError(msg)
+        capable = self.capable(call_kwargs, allowed)
+        if capable is not None:
+            allowed = capable
         return CallRequest(
             question, before, after, policy, allowed, budget, dict(call_kwargs or {})
         )
+
+    def capable(
+        self, call_kwargs: Mapping[str, Any], allowed: frozenset[Pair] | None = None
+    ) -> frozenset[Pair] | None:
+        """The pairs that can carry the call's tools or format; None when it has neither.
+
+        Args:
+            call_kwargs: The call's kwargs (``tools``, ``response_format``, ...).
+            allowed: The pairs the call may use (None: this engine's own allowed pairs).
+
+        Raises:
+            NoCapablePairError: It has tools or a format and no allowed pair can carry them.
+        """
+        if allowed is None:
+            allowed = self.allowed
+        usable = self.servable if allowed is None else allowed
+        return capable_pairs(usable, self.strategies, self.router.models, call_kwargs)
 
     @property
     def default_policy(self) -> Any:
@@ -250,7 +275,8 @@ class DispatchEngine:
         if max_tokens is not None:
             kwargs["max_tokens"] = max_tokens
         messages = merge_messages(req.before, strategy.render(req.question), req.after)
-        return Attempt(pair, index, self.models[model_name], strategy, messages, kwargs, max_tokens)
+        model, kwargs = bind_call_tools(self.models[model_name], kwargs)
+        return Attempt(pair, index, model, strategy, messages, kwargs, max_tokens)
 
     def can_continue(self, model: str) -> bool:
         """Whether ``model``'s server can continue a final assistant message (vLLM can)."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from fastapi.responses import Response
-from langchain_core.messages import AIMessage, AIMessageChunk
+from langchain_core.messages import AIMessage, AIMessageChunk, convert_to_openai_messages
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from langchain_rtr.dispatch import (
@@ -21,6 +21,7 @@ from langchain_rtr.dispatch import (
     RTRResult,
     routing_row,
 )
+from langchain_rtr.dispatch.tools import NoCapablePairError
 from langchain_rtr.errors import ConfigError, UnknownPairError
 from langchain_rtr.server.batching import RouteBatcher
 from langchain_rtr.server.errors import OpenAIError, bad_request
@@ -161,6 +162,31 @@ def attempt_config(config: Mapping[str, Any], attempt: Attempt) -> Any:
     }
 
 
+def openai_message(message: AIMessage) -> dict[str, Any]:
+    """The answer as OpenAI's assistant message: its text, and its tool calls if any."""
+    if not message.tool_calls:
+        return {"role": "assistant", "content": message.text}
+    body = convert_to_openai_messages(message)
+    return {"role": "assistant", "content": message.text or None, "tool_calls": body["tool_calls"]}
+
+
+def tool_call_deltas(chunk: AIMessageChunk) -> list[dict[str, Any]]:
+    """A chunk's tool call pieces as OpenAI's ``delta.tool_calls`` (id and name once, first)."""
+    deltas: list[dict[str, Any]] = []
+    for i, piece in enumerate(chunk.tool_call_chunks):
+        index = piece.get("index")
+        delta: dict[str, Any] = {"index": index if index is not None else i}
+        if piece.get("id"):
+            delta["id"] = piece["id"]
+            delta["type"] = "function"
+        function = {k: piece[k] for k in ("name", "args") if piece.get(k) is not None}
+        if "args" in function:
+            function["arguments"] = function.pop("args")
+        delta["function"] = function
+        deltas.append(delta)
+    return deltas
+
+
 def finish_reason(message: AIMessage) -> str:
     """OpenAI's finish reason of a message (`stop` when the backend gave none)."""
     reason = message.response_metadata.get("finish_reason")
@@ -189,6 +215,9 @@ class RoutedAnswers:
             lreq = self.engine.request(
                 messages, knob_set, call_kwargs(req), pairs_label="RTR knob 'pairs'"
             )
+        except NoCapablePairError as exc:
+            param = "tools" if req.tools else "response_format"
+            raise bad_request(str(exc), param, "no_capable_pair") from None
         except (ConfigError, UnknownPairError, ValueError, TypeError) as exc:
             raise bad_request(str(exc), "model", "invalid_rtr_knob") from None
         config: dict[str, Any] = {"metadata": {"rtr_request_id": rid}}
@@ -233,7 +262,7 @@ class RoutedAnswers:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": result.message.text},
+                    "message": openai_message(result.message),
                     "logprobs": None,
                     "finish_reason": finish_reason(result.message),
                 }
@@ -339,6 +368,8 @@ class RoutedAnswers:
                     text = item.text
                     if text:
                         yield ServerSentEvent(chunk({"content": text}))
+                    if item.tool_call_chunks:
+                        yield ServerSentEvent(chunk({"tool_calls": tool_call_deltas(item)}))
                     item = await next_item()
                 result = item
                 self.record(result)

@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal, cast
 
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    convert_to_messages,
+)
 from pydantic import BaseModel, ConfigDict, Field
 
 from langchain_rtr.errors import ConfigError, QuestionTypeError, QuestionValueError, RTRError
@@ -42,6 +48,8 @@ class ChatMessage(Lenient):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
 
 
 class StreamOptions(Lenient):
@@ -78,7 +86,10 @@ class ChatCompletionRequest(Lenient):
     seed: int | None = None
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    tools: list[Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: dict[str, Any] | None = None
     functions: list[Any] | None = None
     rtr: RTRKnobsBody | None = None
 
@@ -156,12 +167,14 @@ def to_messages(messages: list[ChatMessage], max_question_chars: int) -> list[Ba
         elif m.role == "user":
             out.append(HumanMessage(content=text))
             last_user = i
-        elif m.role == "assistant":
+        elif m.role == "assistant" and not m.tool_calls:
             out.append(AIMessage(content=text))
+        elif m.role in ("assistant", "tool"):
+            out.append(_tool_turn(m, text, i))
         else:
             raise bad_request(
-                f"messages[{i}]: the rtr model routes plain chat; {m.role!r} messages are not "
-                "supported (call a backend model directly for tool use)",
+                f"messages[{i}]: {m.role!r} messages (OpenAI's deprecated functions) are not "
+                "supported; send tools and tool messages",
                 f"messages.{i}.role",
                 "unsupported_role",
             )
@@ -179,6 +192,29 @@ def to_messages(messages: list[ChatMessage], max_question_chars: int) -> list[Ba
     return out
 
 
+def _tool_turn(message: ChatMessage, text: str, i: int) -> BaseMessage:
+    """An assistant turn with tool calls, or a tool result, as LangChain's message."""
+    if message.role == "tool" and not message.tool_call_id:
+        raise bad_request(
+            f"messages[{i}]: a 'tool' message needs its 'tool_call_id'",
+            f"messages.{i}.tool_call_id",
+            "missing_tool_call_id",
+        )
+    body: dict[str, Any] = {"role": message.role, "content": text}
+    if message.tool_calls:
+        body["tool_calls"] = message.tool_calls
+    if message.tool_call_id:
+        body["tool_call_id"] = message.tool_call_id
+    try:
+        return convert_to_messages([body])[0]
+    except (ValueError, TypeError, KeyError) as exc:  # JSONDecodeError is a ValueError
+        raise bad_request(
+            f"messages[{i}].tool_calls: not OpenAI tool calls with JSON arguments ({exc})",
+            f"messages.{i}.tool_calls",
+            "invalid_tool_calls",
+        ) from None
+
+
 def call_kwargs(req: ChatCompletionRequest) -> dict[str, Any]:
     """The request's sampling fields that go to the chosen model."""
     kwargs: dict[str, Any] = {}
@@ -191,29 +227,65 @@ def call_kwargs(req: ChatCompletionRequest) -> dict[str, Any]:
             kwargs[name] = value
     if req.stop:
         kwargs["stop"] = [req.stop] if isinstance(req.stop, str) else list(req.stop)
+    # tools (and a response format) restrict the routing and reach the chosen model's own
+    # bind_tools (langchain_rtr.dispatch.tools)
+    for name in ("tools", "tool_choice", "parallel_tool_calls", "response_format"):
+        value = getattr(req, name)
+        if value is not None:
+            kwargs[name] = value
     return kwargs
 
 
+RESPONSE_FORMATS = ("text", "json_object", "json_schema")
+
+
 def refuse_unsupported(req: ChatCompletionRequest) -> None:
-    """Refuse request fields the router cannot honour (n > 1, tools, ...)."""
+    """Refuse request fields the router cannot honour (n > 1, functions, ...)."""
     if req.n not in (None, 1):
         raise bad_request(
             "the rtr model answers with one choice; 'n' must be 1", "n", "unsupported_parameter"
         )
-    if req.tools or req.functions:
-        param = "tools" if req.tools else "functions"
+    if req.functions:
         raise bad_request(
-            "the rtr model routes free-text answers and does not call tools; call a backend "
-            "model directly for tool use",
-            param,
+            "'functions' is OpenAI's deprecated form of tools; send 'tools'",
+            "functions",
             "unsupported_parameter",
         )
-    fmt = getattr(req, "response_format", None)
-    if isinstance(fmt, dict) and fmt.get("type") not in (None, "text"):
+    for i, tool in enumerate(req.tools or []):
+        function = tool.get("function")
+        if tool.get("type") != "function" or not (
+            isinstance(function, dict) and isinstance(function.get("name"), str)
+        ):
+            raise bad_request(
+                f"tools[{i}]: expected {{'type': 'function', 'function': {{'name': ..., "
+                "'parameters': ...}}}",
+                f"tools.{i}",
+                "invalid_value",
+            )
+    if req.tool_choice is not None and not req.tools:
         raise bad_request(
-            "the rtr model's strategies shape the answer's format; 'response_format' must be text",
-            "response_format",
-            "unsupported_parameter",
+            "'tool_choice' is only allowed when 'tools' are given", "tool_choice", "invalid_value"
+        )
+    fmt = req.response_format
+    if fmt is None:
+        return
+    kind = fmt.get("type")
+    if kind not in RESPONSE_FORMATS:
+        raise bad_request(
+            f"'response_format.type' must be one of {', '.join(RESPONSE_FORMATS)}, got {kind!r}",
+            "response_format.type",
+            "invalid_value",
+        )
+    spec = fmt.get("json_schema")
+    if kind == "json_schema" and not (
+        isinstance(spec, dict)
+        and isinstance(spec.get("name"), str)
+        and isinstance(spec.get("schema", {}), dict)
+    ):
+        raise bad_request(
+            "'response_format.json_schema' must be an object with a 'name' and a 'schema'",
+            "response_format.json_schema",
+            "invalid_value",
         )
 
 

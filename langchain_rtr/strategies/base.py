@@ -139,6 +139,10 @@ class Strategy:
             ``chat_template_kwargs.enable_thinking`` (Qwen3-style reasoning models).
         program: PAL: runs the program in the output; the extractor is then applied to the
             program's last printed line.
+        supports_tools: Whether a call with tools or a structured output format may use it:
+            its prompt leaves the answer's form to the caller and its answer is the model's
+            message itself (direct, thinking on/off), not free text it parses (CoT's box,
+            PAL's program). Calls with tools or a response format route only among these.
     """
 
     name: str
@@ -147,6 +151,7 @@ class Strategy:
     extractor: Extractor = field(default=_default_extractor)
     thinking: bool | None = None
     program: ProgramRunner | None = None
+    supports_tools: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -173,6 +178,13 @@ class Strategy:
             raise TypeError(f"Strategy {self.name!r}: thinking must be None, True or False")
         if self.program is not None and not isinstance(self.program, ProgramRunner):
             raise TypeError(f"Strategy {self.name!r}: program must have run() and arun()")
+        if not isinstance(self.supports_tools, bool):
+            raise TypeError(f"Strategy {self.name!r}: supports_tools must be True or False")
+        if self.supports_tools and self.program is not None:
+            raise ValueError(
+                f"Strategy {self.name!r}: a program strategy cannot carry tools (its answer is "
+                "the program's output, not the model's message)"
+            )
 
     def __repr__(self) -> str:
         return f"Strategy(name={self.name!r}, thinking={self.thinking!r}, pal={self.is_program})"

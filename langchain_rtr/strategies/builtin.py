@@ -85,9 +85,16 @@ def make_builtin_strategies() -> dict[str, Strategy]:
 
     ``direct``, ``cot``, ``cod``, ``pal`` (thinking left at the model's default), and
     ``think`` / ``no_think``: the direct prompt with vLLM's ``enable_thinking`` on or off. Other
-    combinations come from :func:`~langchain_rtr.strategies.base.with_thinking`.
+    combinations come from :func:`~langchain_rtr.strategies.base.with_thinking`. Direct, think
+    and no_think carry tools and structured output (``supports_tools``); the others shape and
+    parse a free-text answer.
     """
-    direct = Strategy(name="direct", description=DIRECT_DESCRIPTION, prompt=_human("{question}"))
+    direct = Strategy(
+        name="direct",
+        description=DIRECT_DESCRIPTION,
+        prompt=_human("{question}"),
+        supports_tools=True,
+    )
     cot = Strategy(
         name="cot",
         description=COT_DESCRIPTION,

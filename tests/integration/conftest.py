@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from langchain_rtr.config import load_models_file
 from langchain_rtr.serving import ServerGroup, VLLMServer, free_port
 from langchain_rtr.specs import ModelSpec
 
@@ -39,12 +40,19 @@ MODEL_DIR = Path(
 )
 SETUP_HINT = "run scripts/setup_vllm_cpu.sh (or set RTR_SKIP_INTEGRATION=1 to skip these tests)"
 
+#: vLLM's tool-call parser, chat template with tools and structured output settings: the ones
+#: ``rtr serve examples/models.cpu.yaml`` uses, read from there so both stay the same.
+TOOL_ARGS = (
+    load_models_file(REPO / "examples" / "models.cpu.yaml").serve_entries[0].serve.extra_args
+)
+
 #: vLLM settings for CPU: fp32, small KV cache, no graph capture (docs/serving.md).
 CPU_SERVER_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
 CPU_SERVER_KW: dict[str, object] = {
     "dtype": "float32",
     "max_model_len": 2048,
     "enforce_eager": True,
+    "extra_args": TOOL_ARGS,
 }
 
 #: name -> (description, $/M input, $/M output)
@@ -188,6 +196,7 @@ def smol_servers(vllm_log_dir: Path) -> Iterator[SmolServers]:
             api_key="EMPTY",
             max_tokens=256,
             reasoning=False,
+            tools=True,
         )
         for name, (description, input_price, output_price) in SMOL_MODELS.items()
     }

@@ -25,14 +25,14 @@ class TestRTRChatModelStandard(ChatModelUnitTests):
         rtr = RTRRunnable(router=FakeRouter(), models=make_models(), strategies=make_strategies())
         return {"runnable": rtr}
 
-    # Declared honestly: the candidates answer in free text (CoT, PAL, ...).
+    # The fakes' "small" model declares tools and "direct" carries them (test_runnable_fakes).
     @property
     def has_tool_calling(self) -> bool:
-        return False
+        return True
 
     @property
     def has_structured_output(self) -> bool:
-        return False
+        return True
 
     @property
     def supports_image_inputs(self) -> bool:

@@ -211,3 +211,29 @@ def test_examples_are_valid(name: str) -> None:
     assert loaded.specs
     for entry in loaded.serve_entries:
         assert entry.spec.base_url == entry.base_url
+
+
+def test_tools_flag_and_relative_extra_args(tmp_path: Path) -> None:
+    (tmp_path / "conf").mkdir()
+    path = write(
+        tmp_path / "conf",
+        """\
+        models:
+          - name: caller
+            tools: true
+            serve:
+              model: m
+              port: 8001
+              extra_args: [--chat-template, ./tools.jinja, --tool-call-parser=hermes, ../x]
+          - name: plain
+        """,
+    )
+    loaded = load_models_file(path)
+    assert loaded.specs["caller"].tools is True and loaded.specs["plain"].tools is False
+    args = loaded.serve_entries[0].serve.extra_args
+    assert args == [
+        "--chat-template",
+        str(tmp_path / "conf" / "tools.jinja"),
+        "--tool-call-parser=hermes",
+        str(tmp_path / "x"),
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from typing import Any
 
@@ -11,6 +12,8 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.runnables import Runnable
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import Field
 
 from langchain_rtr.routing import Decision
@@ -34,6 +37,7 @@ def make_strategies() -> dict[str, Strategy]:
             name="direct",
             description="the question alone",
             prompt=ChatPromptTemplate.from_messages([("human", "{question}")]),
+            supports_tools=True,
         ),
     }
 
@@ -44,7 +48,7 @@ class FakeRouter:
     def __init__(self, order: Sequence[tuple[str, str]] = PAIRS, max_tokens: int = 512) -> None:
         self.models = {
             "big": ModelSpec(name="big", input_price=1.0, output_price=2.0, max_tokens=max_tokens),
-            "small": ModelSpec(name="small", input_price=0.1, output_price=0.2),
+            "small": ModelSpec(name="small", input_price=0.1, output_price=0.2, tools=True),
         }
         self.pairs = list(PAIRS)
         self.order = list(order)
@@ -102,10 +106,41 @@ class FakeChat(BaseChatModel):
     cut_after: int | None = None  # streamed words before the stream dies
     cut_error: Any = None  # what it dies with (default: a connection error)
     calls: list[dict[str, Any]] = Field(default_factory=list)
+    tool_args: dict[str, Any] = Field(default_factory=dict)  # the args of its tool calls
 
     @property
     def _llm_type(self) -> str:
         return "fake-rtr"
+
+    def bind_tools(self, tools, *, tool_choice=None, **kwargs) -> Runnable:
+        """As ChatOpenAI: OpenAI-format tools and a normalised tool_choice, bound."""
+        formatted = [convert_to_openai_tool(t) for t in tools]
+        if tool_choice in ("any", True):
+            tool_choice = "required"
+        elif isinstance(tool_choice, str) and tool_choice not in ("auto", "none", "required"):
+            tool_choice = {"type": "function", "function": {"name": tool_choice}}
+        if tool_choice is not None:
+            kwargs["tool_choice"] = tool_choice
+        return self.bind(tools=formatted, **kwargs)
+
+    def _tool_call(self, kwargs: dict[str, Any]) -> dict[str, Any] | None:
+        """The call it makes when tools are bound (the forced one, else the first tool)."""
+        tools = kwargs.get("tools")
+        if not tools or kwargs.get("tool_choice") == "none":
+            return None
+        choice = kwargs.get("tool_choice")
+        name = choice["function"]["name"] if isinstance(choice, dict) else None
+        name = name or tools[0]["function"]["name"]
+        return {"name": name, "args": dict(self.tool_args), "id": f"call-{len(self.calls)}"}
+
+    def _message(self, kwargs: dict[str, Any]) -> AIMessage:
+        call = self._tool_call(kwargs)
+        return AIMessage(
+            content="" if call else self.reply,
+            tool_calls=[call] if call else [],
+            usage_metadata=self._usage(),
+            response_metadata={"model_name": self.served},
+        )
 
     def _maybe_fail(self, messages: list[BaseMessage]) -> None:
         exc = self.fail(messages[-1].text) if callable(self.fail) else self.fail
@@ -119,22 +154,12 @@ class FakeChat(BaseChatModel):
     def _generate(self, messages, stop=None, run_manager=None, **kwargs) -> ChatResult:
         self.calls.append({"api": "sync", "messages": messages, "kwargs": kwargs, "stop": stop})
         self._maybe_fail(messages)
-        msg = AIMessage(
-            content=self.reply,
-            usage_metadata=self._usage(),
-            response_metadata={"model_name": self.served},
-        )
-        return ChatResult(generations=[ChatGeneration(message=msg)])
+        return ChatResult(generations=[ChatGeneration(message=self._message(kwargs))])
 
     async def _agenerate(self, messages, stop=None, run_manager=None, **kwargs) -> ChatResult:
         self.calls.append({"api": "async", "messages": messages, "kwargs": kwargs, "stop": stop})
         self._maybe_fail(messages)
-        msg = AIMessage(
-            content=self.reply,
-            usage_metadata=self._usage(),
-            response_metadata={"model_name": self.served},
-        )
-        return ChatResult(generations=[ChatGeneration(message=msg)])
+        return ChatResult(generations=[ChatGeneration(message=self._message(kwargs))])
 
     def _chunks(
         self, messages: list[BaseMessage], kwargs: dict[str, Any]
@@ -153,6 +178,23 @@ class FakeChat(BaseChatModel):
             )
             for i, w in enumerate(words)
         ]
+        call = self._tool_call(kwargs)
+        if call is not None:  # like vLLM: the name first, then the arguments in two pieces
+            args = json.dumps(call["args"])
+            pieces = [
+                (call["name"], call["id"], ""),
+                (None, None, args[:2]),
+                (None, None, args[2:]),
+            ]
+            chunks = [
+                ChatGenerationChunk(
+                    message=AIMessageChunk(
+                        content="",
+                        tool_call_chunks=[{"name": n, "id": i, "args": a, "index": 0}],
+                    )
+                )
+                for n, i, a in pieces
+            ]
         # Like ChatOpenAI with stream_usage: usage and model name arrive at the end; the
         # continued message counts as input.
         n_in, n_out = 10 + len(prefix.split()), len(text.split())

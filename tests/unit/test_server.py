@@ -570,17 +570,68 @@ BAD_BODIES: list[tuple[str, Any, int, str]] = [
         "unsupported_content",
     ),
     (
-        "tool message",
+        "tool message without its call id",
         {"model": "rtr", "messages": [*HELLO, {"role": "tool", "content": "x"}]},
+        400,
+        "missing_tool_call_id",
+    ),
+    (
+        "tool call arguments that are not JSON",
+        {
+            "model": "rtr",
+            "messages": [
+                *HELLO,
+                {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {
+                            "id": "c1",
+                            "type": "function",
+                            "function": {"name": "f", "arguments": "{"},
+                        }
+                    ],
+                },
+            ],
+        },
+        400,
+        "invalid_tool_calls",
+    ),
+    (
+        "function message",
+        {"model": "rtr", "messages": [*HELLO, {"role": "function", "content": "x", "name": "f"}]},
         400,
         "unsupported_role",
     ),
     ("n > 1", {"model": "rtr", "messages": HELLO, "n": 2}, 400, "unsupported_parameter"),
     (
-        "tools",
+        "a tool without a function",
         {"model": "rtr", "messages": HELLO, "tools": [{"type": "function"}]},
         400,
+        "invalid_value",
+    ),
+    (
+        "tool_choice without tools",
+        {"model": "rtr", "messages": HELLO, "tool_choice": "required"},
+        400,
+        "invalid_value",
+    ),
+    (
+        "functions",
+        {"model": "rtr", "messages": HELLO, "functions": [{"name": "f"}]},
+        400,
         "unsupported_parameter",
+    ),
+    (
+        "an unknown response format",
+        {"model": "rtr", "messages": HELLO, "response_format": {"type": "xml"}},
+        400,
+        "invalid_value",
+    ),
+    (
+        "a json_schema format without its schema object",
+        {"model": "rtr", "messages": HELLO, "response_format": {"type": "json_schema"}},
+        400,
+        "invalid_value",
     ),
     (
         "invalid UTF-8",

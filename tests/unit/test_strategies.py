@@ -167,3 +167,21 @@ def test_prompt_must_take_question() -> None:
 def test_register_rejects_non_strategy() -> None:
     with pytest.raises(TypeError):
         register_strategy("cot")  # type: ignore[arg-type]
+
+
+def test_only_strategies_whose_answer_is_the_message_carry_tools() -> None:
+    carry = {name for name, s in builtin_strategies().items() if s.supports_tools}
+    assert carry == {"direct", "think", "no_think"}
+    assert with_thinking(builtin_strategies()["cot"], False).supports_tools is False
+
+
+def test_a_program_strategy_cannot_carry_tools() -> None:
+    pal = builtin_strategies()["pal"]
+    with pytest.raises(ValueError, match="cannot carry tools"):
+        Strategy(
+            name="pal2",
+            description="x",
+            prompt=pal.prompt,
+            program=pal.program,
+            supports_tools=True,
+        )
