@@ -8,8 +8,8 @@ answer is truncated when the server produced as many tokens as the call's ``max_
 PAL is left out (no sandbox needed). Needs the two live CPU vLLM servers; the integration test
 ``tests/integration/test_length_budget_integration.py`` asserts the direction::
 
-    flock /tmp/rtr-integration.lock env HF_HUB_OFFLINE=1 PYTHONPATH=$PWD .venv/bin/python \\
-        -m pytest tests/integration/test_length_budget_integration.py -s -q
+    flock /tmp/rtr-integration.lock env RTR_SLOW_TESTS=1 HF_HUB_OFFLINE=1 PYTHONPATH=$PWD \\
+        .venv/bin/python -m pytest tests/integration/test_length_budget_integration.py -s -q
 """
 
 from __future__ import annotations

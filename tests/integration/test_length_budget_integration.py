@@ -21,10 +21,11 @@ def _bench() -> ModuleType:
     return module
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="the direction rests on a one-answer margin (19 subtasks, SmolLM2-135M): it held in "
-    "two runs here and failed in one clean-clone CI run; not robust enough to gate CI (issue 18)",
+@pytest.mark.skipif(
+    os.environ.get("RTR_SLOW_TESTS") != "1",
+    reason="about 7 minutes on 2 cores, and the direction rests on a one-answer margin (19 "
+    "subtasks, SmolLM2-135M): it held in two runs and failed in one clean-clone CI run, so it "
+    "cannot gate CI yet (issue 18); run it with RTR_SLOW_TESTS=1",
 )
 async def test_confidence_truncates_fewer_answers_than_the_point_estimate(
     smol_servers: Any,
