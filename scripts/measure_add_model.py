@@ -42,6 +42,7 @@ from langchain_rtr import workflow
 from langchain_rtr.data.matrix import OutcomeMatrix
 from langchain_rtr.predictor import RTRPredictor, TrainConfig
 from langchain_rtr.predictor.adapt import AddModelConfig, add_model
+from langchain_rtr.routing import RTRRouter
 from langchain_rtr.upkeep import add_model as add_model_to_router
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -49,7 +50,7 @@ from measure_quality import _auc, _no_nan, console, summarise  # noqa: E402
 
 COUNTS = (0, 50, 200, 500)
 VALIDATION_QUESTIONS = 300
-GRID = {"lr": (3e-3, 1e-2, 3e-2), "steps": (50, 200)}
+GRID = {"lr": (3e-3, 3e-2), "steps": (50, 200), "fit_text": (False, True)}
 
 
 def columns(matrix: OutcomeMatrix, keep: list[tuple[str, str]]) -> OutcomeMatrix:
@@ -106,6 +107,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ensemble", type=int, default=None, help="networks (default 5)")
     parser.add_argument("--counts", type=int, nargs="+", default=list(COUNTS))
     parser.add_argument("--validation-questions", type=int, default=VALIDATION_QUESTIONS)
+    parser.add_argument(
+        "--cache", type=Path, default=None, help="keep the trained base and full routers here"
+    )
     parser.add_argument("--json", dest="json_path", type=Path, default=None)
     args = parser.parse_args(argv)
     model, seed = args.hold_out, args.seed
@@ -138,15 +142,29 @@ def main(argv: list[str] | None = None) -> None:
         n = -(-k // per_question)  # questions, every strategy of M on each
         return m_train.subset(pool[n_val : n_val + n])
 
-    t0 = time.perf_counter()
-    base = workflow.fit_router(rs, columns(train, rest_pairs), config=config)
-    t_base = time.perf_counter() - t0
+    def trained(kind: str, part: OutcomeMatrix) -> tuple[RTRRouter, float]:
+        """A router trained on ``part`` (or the one kept in ``--cache``) and its seconds."""
+        folder = None
+        if args.cache is not None:
+            folder = args.cache / f"{rs.name}-{model}-s{seed}-e{config.ensemble}" / kind
+            if (folder / "router.json").is_file():
+                meta = json.loads((folder.parent / f"{kind}.json").read_text())
+                return RTRRouter.load(folder), float(meta["seconds"])
+        t0 = time.perf_counter()
+        router = workflow.fit_router(rs, part, config=config)
+        seconds = time.perf_counter() - t0
+        if folder is not None:
+            router.save(folder)
+            (folder.parent / f"{kind}.json").write_text(json.dumps({"seconds": seconds}))
+        return router, seconds
+
+    base, t_base = trained("base", columns(train, rest_pairs))
     console.print(f"base router (without {model}) trained in {t_base:.0f} s")
 
     # knob selection on the validation questions (training part only)
     selection: list[dict[str, Any]] = []
-    for lr, steps in itertools.product(GRID["lr"], GRID["steps"]):
-        knobs = AddModelConfig(lr=lr, steps=steps, seed=seed)
+    for lr, steps, fit_text in itertools.product(GRID["lr"], GRID["steps"], GRID["fit_text"]):
+        knobs = AddModelConfig(lr=lr, steps=steps, fit_text=fit_text, seed=seed)
         losses = {
             k: validation_loss(
                 add_model(
@@ -160,18 +178,19 @@ def main(argv: list[str] | None = None) -> None:
             {
                 "lr": lr,
                 "steps": steps,
+                "fit_text": fit_text,
                 "losses": losses,
                 "mean": float(np.mean(list(losses.values()))),
             }
         )
-        console.print(f"validation lr {lr} steps {steps}: {losses}")
+        console.print(f"validation lr {lr} steps {steps} fit_text {fit_text}: {losses}")
     chosen = min(selection, key=lambda r: r["mean"])
-    knobs = AddModelConfig(lr=chosen["lr"], steps=chosen["steps"], seed=seed)
-    console.print(f"chosen on validation: lr {knobs.lr}, steps {knobs.steps}")
+    knobs = AddModelConfig(
+        lr=chosen["lr"], steps=chosen["steps"], fit_text=chosen["fit_text"], seed=seed
+    )
+    console.print(f"chosen on validation: {knobs}")
 
-    t0 = time.perf_counter()
-    full = workflow.fit_router(rs, train, config=config)
-    t_full = time.perf_counter() - t0
+    full, t_full = trained("full", train)
     console.print(f"full retraining in {t_full:.0f} s")
     rows: list[dict[str, Any]] = []
     full_summary = summarise(workflow.evaluate(full, train, test))

@@ -83,8 +83,30 @@ def serve_router(
     api_key: Annotated[
         str | None, typer.Option(envvar="RTR_API_KEY", help="Require this bearer key.")
     ] = None,
+    traffic_log: Annotated[
+        Path | None,
+        typer.Option(
+            "--traffic-log",
+            help="Write every routed call here (PATH.jsonl, or a folder of Parquet files) "
+            "for `rtr train --update`.",
+        ),
+    ] = None,
+    store_questions: Annotated[
+        bool,
+        typer.Option(
+            "--store-questions", help="Keep question texts in the log (default: hash + embedding)."
+        ),
+    ] = False,
 ) -> None:
     """Serve RTR behind an OpenAI-compatible /v1/chat/completions endpoint."""
     from langchain_rtr.server import run_server
 
-    run_server(router_dir, models_file, host=host, port=port, api_key=api_key)
+    run_server(
+        router_dir,
+        models_file,
+        host=host,
+        port=port,
+        api_key=api_key,
+        traffic_log=traffic_log,
+        store_questions=store_questions,
+    )

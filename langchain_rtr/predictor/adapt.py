@@ -53,9 +53,12 @@ class AddModelConfig:
     Attributes:
         lr: Adam's learning rate on the embedding.
         steps: Full-batch Adam steps (the outcomes are few, so every step sees them all).
-        prior: Weight of ``||e - e_start||²`` in outcomes: the loss adds
-            ``prior / n_outcomes · ||e - e_start||²``, so few outcomes move the embedding
+        prior: Weight of ``||v - v_start||²`` in outcomes: the loss adds
+            ``prior / n_outcomes · ||v - v_start||²``, so few outcomes move the model vector
             little and many move it freely.
+        fit_text: Fit the new model's description encoding too (it starts as the encoding
+            and is stored in its place): the learnable embedding alone reaches only the
+            directions the trained models' embeddings taught the heads.
         folds: Cross-fitting folds for the new pairs' length quantiles (each fold's lengths
             are predicted by embeddings fitted without it).
         seed: Seeds the folds.
@@ -64,6 +67,7 @@ class AddModelConfig:
     lr: float = 1e-2
     steps: int = 200
     prior: float = 1.0
+    fit_text: bool = False
     folds: int = 5
     seed: int = 0
 
@@ -122,13 +126,15 @@ def add_model(
             state, [*predictor.pairs, *pairs], predictor, new_index, questions, score, tokens
         )
         rows = np.arange(score.shape[0])
-        embeddings = fitter.fit(rows, config)
+        vectors = fitter.fit(rows, config)
         residual_quantiles = None
         if length_scale is not None and fitter.length is not None:
             predicted = _cross_fitted_tokens(fitter, config, length_scale)
             residual_quantiles = LengthQuantiles.calibrate(predicted, tokens)
-    for prefix, embedding in zip(member_prefixes(state), embeddings, strict=True):
-        state[f"{prefix}model_learn"][new_index] = embedding
+    for prefix, vector in zip(member_prefixes(state), vectors, strict=True):
+        text_dim = state[f"{prefix}model_text"].shape[1]
+        state[f"{prefix}model_text"][new_index] = vector[:text_dim]
+        state[f"{prefix}model_learn"][new_index] = vector[text_dim:]
 
     return RTRPredictor(
         None,
@@ -249,28 +255,38 @@ class _EmbeddingFitter:
                 for member in self.members
             ]
 
-    def _features(self, member: RTRNet, embedding: torch.Tensor) -> torch.Tensor:
+    def start(self, index: int) -> torch.Tensor:
+        """Member ``index``'s starting model vector ``[text; learnable]``."""
+        import torch
+
+        member = self.members[index]
+        return torch.cat(
+            [member.model_text[self.new_index], member.model_learn[self.new_index]]
+        ).clone()
+
+    def _features(self, member: RTRNet, vector: torch.Tensor) -> torch.Tensor:
         import torch
 
         strategy = member.pair_strategy[self.columns]
         count = int(strategy.numel())
+        text_dim = int(member.model_text.shape[1])
         return torch.cat(
             [
-                member.model_text[self.new_index].expand(count, -1),
+                vector[:text_dim].expand(count, -1),
                 member.strategy_text[strategy],
-                embedding.expand(count, -1),
+                vector[text_dim:].expand(count, -1),
                 member.strategy_learn[strategy],
             ],
             dim=1,
         )
 
     def raw(
-        self, index: int, embedding: torch.Tensor, rows: np.ndarray
+        self, index: int, vector: torch.Tensor, rows: np.ndarray
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Member ``index``'s correctness logits and raw lengths of the new pairs on ``rows``."""
         member = self.members[index]
         correct_q, length_q = self.projected[index]
-        features = self._features(member, embedding)
+        features = self._features(member, vector)
         logits = member.correctness.from_projected(
             correct_q[rows], member.correctness.pair_bias(features)
         )
@@ -280,39 +296,45 @@ class _EmbeddingFitter:
         return logits, length
 
     def fit(self, rows: np.ndarray, config: AddModelConfig) -> list[np.ndarray]:
-        """Each member's fitted embedding, from the outcomes of ``rows`` only."""
+        """Each member's fitted model vector ``[text; learnable]``, from ``rows`` only."""
+        return [self._fit_member(i, rows, config) for i in range(len(self.members))]
+
+    def _fit_member(self, index: int, rows: np.ndarray, config: AddModelConfig) -> np.ndarray:
         import torch
 
-        out = []
-        for index, member in enumerate(self.members):
-            start = member.model_learn[self.new_index].detach().clone()
-            embedding = torch.nn.Parameter(start.clone())
-            score = self.score[rows]
-            n_outcomes = int(torch.isfinite(score).sum())
-            if n_outcomes and config.steps:
-                length = self.length[rows] if self.length is not None else None
-                optimiser = torch.optim.Adam([embedding], lr=config.lr)
-                for _ in range(config.steps):
-                    optimiser.zero_grad(set_to_none=True)
-                    logits, raw_length = self.raw(index, embedding, rows)
-                    predicted = (
-                        None if raw_length is None else torch.nn.functional.softplus(raw_length)
-                    )
-                    bce, mse = masked_losses(logits, predicted, score, length)
-                    loss = bce + config.prior / n_outcomes * ((embedding - start) ** 2).sum()
-                    if mse is not None:
-                        loss = loss + self.length_weight * mse
-                    loss.backward()  # type: ignore[no-untyped-call]
-                    optimiser.step()
-            out.append(embedding.detach().numpy().copy())
+        start = self.start(index)
+        text_dim = int(self.members[index].model_text.shape[1])
+        fitted = torch.nn.Parameter(start.clone() if config.fit_text else start[text_dim:])
+
+        def vector() -> torch.Tensor:
+            return fitted if config.fit_text else torch.cat([start[:text_dim], fitted])
+
+        score = self.score[rows]
+        n_outcomes = int(torch.isfinite(score).sum())
+        if not (n_outcomes and config.steps):
+            return start.numpy().copy()
+        length = self.length[rows] if self.length is not None else None
+        optimiser = torch.optim.Adam([fitted], lr=config.lr)
+        for _ in range(config.steps):
+            optimiser.zero_grad(set_to_none=True)
+            current = vector()
+            logits, raw_length = self.raw(index, current, rows)
+            predicted = None if raw_length is None else torch.nn.functional.softplus(raw_length)
+            bce, mse = masked_losses(logits, predicted, score, length)
+            loss = bce + config.prior / n_outcomes * ((current - start) ** 2).sum()
+            if mse is not None:
+                loss = loss + self.length_weight * mse
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimiser.step()
+        out: np.ndarray = vector().detach().numpy().copy()
         return out
 
-    def tokens(self, embeddings: list[np.ndarray], rows: np.ndarray, scale: float) -> np.ndarray:
-        """The ensemble's predicted tokens ``[len(rows), S]`` with these embeddings."""
+    def tokens(self, vectors: list[np.ndarray], rows: np.ndarray, scale: float) -> np.ndarray:
+        """The ensemble's predicted tokens ``[len(rows), S]`` with these model vectors."""
         import torch
 
         with torch.no_grad():
-            raws = [self.raw(i, torch.from_numpy(e), rows)[1] for i, e in enumerate(embeddings)]
+            raws = [self.raw(i, torch.from_numpy(v), rows)[1] for i, v in enumerate(vectors)]
         mean = torch.stack([r for r in raws if r is not None]).mean(0)
         log = torch.nn.functional.softplus(mean).numpy().astype(np.float64)
         tokens: np.ndarray = np.expm1(log * scale)

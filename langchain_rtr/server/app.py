@@ -66,6 +66,7 @@ from langchain_rtr.server.passthrough import passthrough
 from langchain_rtr.server.schemas import ChatCompletionRequest, ServerSettings, parse_rtr_model
 from langchain_rtr.server.stats import CountingMiddleware, Stats
 from langchain_rtr.specs import ModelSpec
+from langchain_rtr.traffic import TrafficLog, open_traffic_log
 
 log = logging.getLogger("langchain_rtr.server")
 
@@ -359,6 +360,8 @@ def run_server(
     log_level: str = "info",
     limit_concurrency: int | None = None,
     settings: ServerSettings | None = None,
+    traffic_log: str | os.PathLike[str] | None = None,
+    store_questions: bool = False,
     **setting_overrides: Any,
 ) -> None:
     """Serve the endpoint with uvicorn until Ctrl-C (the body of `rtr serve-router`).
@@ -373,19 +376,30 @@ def run_server(
         log_level: uvicorn's log level.
         limit_concurrency: uvicorn's cap on open connections (503 beyond it); None: no cap.
         settings: Full `ServerSettings` (`api_key` and overrides win over it).
+        traffic_log: Write every routed call to this log (`langchain_rtr.traffic`; a
+            ``.jsonl`` file or a Parquet folder); None: no log.
+        store_questions: Keep question and answer texts in that log (default: a hash and
+            the embedding).
         **setting_overrides: Other `ServerSettings` fields.
     """
     import uvicorn
 
+    traffic = (
+        None if traffic_log is None else TrafficLog(traffic_log, store_questions=store_questions)
+    )
     if isinstance(router_dir_or_runnable, RTRRunnable):
         runnable = router_dir_or_runnable
+        if traffic is not None:
+            runnable.engine.traffic_log = open_traffic_log(traffic, runnable.router)
         backends = None
         if models_file is not None:
             from langchain_rtr.config import load_models_file
 
             backends = {n: s for n, s in load_models_file(models_file).specs.items() if s.base_url}
     else:
-        runnable, backends = build_runnable(Path(router_dir_or_runnable), models_file)
+        runnable, backends = build_runnable(
+            Path(router_dir_or_runnable), models_file, traffic_log=traffic
+        )
     overrides = dict(setting_overrides)
     if api_key is not None:
         overrides["api_key"] = api_key
