@@ -14,10 +14,12 @@ are M profiled on 40 questions with every strategy, as ``rtr collect`` would; on
 (one strategy) 200 questions. The samples are nested (the 50 are among the 200) and drawn
 from the training part only.
 
-Knobs (``AddModelConfig.lr`` and ``steps``) are chosen on validation carved from the training
-part: M's outcomes on 300 training questions kept out of every sample; the knob pair with the
-lowest mean validation loss (the fitting objective: BCE of the calibrated P(correct), plus the
-length loss where there are lengths) over 50, 200 and 500 outcomes is used for the test.
+Knobs (``AddModelConfig``: ``lr``, ``steps``, and whether the description encoding is fitted
+too, ``fit_text``, with its pull to the start ``prior``; ``GRID``) are chosen on validation
+carved from the training part: M's outcomes on 300 training questions kept out of every
+sample; the knobs with the lowest mean validation loss (the fitting objective: BCE of the
+calibrated P(correct), plus the length loss where there are lengths) over 50, 200 and 500
+outcomes are used for the test. ``--cache DIR`` keeps the two trained routers for a rerun.
 
     HF_HUB_OFFLINE=1 nice -n 19 .venv/bin/python scripts/measure_add_model.py --data faithful-cot \\
         --hold-out gpt-4 --seed 0 --ensemble 1 --json add-model-fc.json
@@ -50,7 +52,12 @@ from measure_quality import _auc, _no_nan, console, summarise  # noqa: E402
 
 COUNTS = (0, 50, 200, 500)
 VALIDATION_QUESTIONS = 300
-GRID = {"lr": (3e-3, 3e-2), "steps": (50, 200), "fit_text": (False, True)}
+GRID: dict[str, Any] = {
+    "lr": (3e-3, 3e-2),
+    "steps": (50, 200),
+    "fit_text, prior": ((False, 0.0), (True, 1.0)),
+}
+"""The knobs tried: embedding only (no pull to the start) or the description encoding too."""
 
 
 def columns(matrix: OutcomeMatrix, keep: list[tuple[str, str]]) -> OutcomeMatrix:
@@ -163,8 +170,10 @@ def main(argv: list[str] | None = None) -> None:
 
     # knob selection on the validation questions (training part only)
     selection: list[dict[str, Any]] = []
-    for lr, steps, fit_text in itertools.product(GRID["lr"], GRID["steps"], GRID["fit_text"]):
-        knobs = AddModelConfig(lr=lr, steps=steps, fit_text=fit_text, seed=seed)
+    for lr, steps, (fit_text, prior) in itertools.product(
+        GRID["lr"], GRID["steps"], GRID["fit_text, prior"]
+    ):
+        knobs = AddModelConfig(lr=lr, steps=steps, fit_text=fit_text, prior=prior, seed=seed)
         losses = {
             k: validation_loss(
                 add_model(
@@ -179,14 +188,19 @@ def main(argv: list[str] | None = None) -> None:
                 "lr": lr,
                 "steps": steps,
                 "fit_text": fit_text,
+                "prior": prior,
                 "losses": losses,
                 "mean": float(np.mean(list(losses.values()))),
             }
         )
-        console.print(f"validation lr {lr} steps {steps} fit_text {fit_text}: {losses}")
+        console.print(f"validation {knobs}: {losses}")
     chosen = min(selection, key=lambda r: r["mean"])
     knobs = AddModelConfig(
-        lr=chosen["lr"], steps=chosen["steps"], fit_text=chosen["fit_text"], seed=seed
+        lr=chosen["lr"],
+        steps=chosen["steps"],
+        fit_text=chosen["fit_text"],
+        prior=chosen["prior"],
+        seed=seed,
     )
     console.print(f"chosen on validation: {knobs}")
 

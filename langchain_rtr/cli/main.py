@@ -288,9 +288,26 @@ def train(
         ),
     ] = 0.25,
     hold_out_source: HoldOutOpt = None,
+    update: Annotated[
+        Path | None,
+        typer.Option(
+            "--update",
+            help="Refit --router on this traffic log (lengths from every call, correctness "
+            "where scored) instead of training anew.",
+        ),
+    ] = None,
+    router_dir: Annotated[
+        Path, typer.Option("--router", "-r", help="With --update: the router to refit.")
+    ] = DEFAULT_OUT / "router",
 ) -> None:
-    """Train a router on a routing set's training part and save it."""
+    """Train a router on a routing set's training part and save it (or refit: --update)."""
     from langchain_rtr.workflow import TrainingInfo, save_training_info
+
+    if update is not None:
+        from langchain_rtr.cli.upkeep import update as update_router
+
+        update_router(router_dir, update, out)
+        return
 
     routing_set, router, _, _ = _train(
         data,
@@ -539,10 +556,12 @@ def bundled() -> None:
 
 from langchain_rtr.cli.encoder import encoder_app  # noqa: E402
 from langchain_rtr.cli.live import collect, serve, serve_router  # noqa: E402
+from langchain_rtr.cli.upkeep import add_model  # noqa: E402
 
 app.command()(serve)
 app.command()(collect)
 app.command("serve-router")(serve_router)
+app.command("add-model")(add_model)
 app.add_typer(encoder_app, name="encoder")
 
 

@@ -304,7 +304,7 @@ class _EmbeddingFitter:
 
         start = self.start(index)
         text_dim = int(self.members[index].model_text.shape[1])
-        fitted = torch.nn.Parameter(start.clone() if config.fit_text else start[text_dim:])
+        fitted = torch.nn.Parameter((start if config.fit_text else start[text_dim:]).clone())
 
         def vector() -> torch.Tensor:
             return fitted if config.fit_text else torch.cat([start[:text_dim], fitted])
