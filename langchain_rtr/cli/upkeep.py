@@ -82,7 +82,7 @@ def add_model(
         typer.Option("--strategy", "-s", help="Strategies to route it with (repeatable)."),
     ] = None,
 ) -> None:
-    """Add a model to a trained router from a few of its outcomes (only its embedding is fit)."""
+    """Add a model to a trained router from a few of its outcomes; other weights stay frozen."""
     from langchain_rtr.data.io import read_records
     from langchain_rtr.routing import RTRRouter
     from langchain_rtr.upkeep import add_model as add_model_to_router
