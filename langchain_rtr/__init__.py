@@ -22,6 +22,20 @@ _EXPORTS: dict[str, str] = {
     "ConfigError": "langchain_rtr.errors",
     "UnknownPairError": "langchain_rtr.errors",
     "NoCapablePairError": "langchain_rtr.dispatch.tools",
+    # keeping the router current: add a model, log traffic, refit from the log
+    "add_model": "langchain_rtr.upkeep",
+    "update_from_log": "langchain_rtr.upkeep",
+    "UpdateReport": "langchain_rtr.upkeep",
+    "AddModelConfig": "langchain_rtr.predictor.adapt",
+    "RefitConfig": "langchain_rtr.predictor.adapt",
+    "TrafficLog": "langchain_rtr.traffic",
+    "TrafficLogError": "langchain_rtr.traffic",
+    "record_feedback": "langchain_rtr.traffic",
+    # length quantiles and their accuracy
+    "LengthQuantiles": "langchain_rtr.quantiles",
+    "QuantileError": "langchain_rtr.quantiles",
+    "length_accuracy": "langchain_rtr.evaluation.lengths",
+    "LengthAccuracyReport": "langchain_rtr.evaluation.lengths",
     "KnobTypeError": "langchain_rtr.errors",
     "QuestionTypeError": "langchain_rtr.errors",
     "QuestionValueError": "langchain_rtr.errors",
@@ -209,6 +223,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         UnknownPairError,
     )
     from langchain_rtr.evaluation import EvaluationReport, evaluate_router, evaluate_routing
+    from langchain_rtr.evaluation.lengths import LengthAccuracyReport, length_accuracy
     from langchain_rtr.graph import (
         Budget,
         BudgetExhaustedError,
@@ -232,6 +247,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         TrainConfig,
         default_encoder,
     )
+    from langchain_rtr.predictor.adapt import AddModelConfig, RefitConfig
     from langchain_rtr.predictor.backends import (
         EncoderBackend,
         EncoderBackendError,
@@ -239,6 +255,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         make_encoder,
     )
     from langchain_rtr.predictor.cascade import CascadePredictor, load_predictor
+    from langchain_rtr.quantiles import LengthQuantiles, QuantileError
     from langchain_rtr.questions import Question, read_questions
     from langchain_rtr.routing import (
         AccuracyFloor,
@@ -282,4 +299,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         run_program,
         with_thinking,
     )
+    from langchain_rtr.traffic import TrafficLog, TrafficLogError, record_feedback
+    from langchain_rtr.upkeep import UpdateReport, add_model, update_from_log
     from langchain_rtr.workflow import fit_cascade_router, fit_router, load_data

@@ -89,6 +89,7 @@ from langchain_rtr.dispatch.messages import last_item
 from langchain_rtr.knobs import CONFIG_KEYS as KNOB_CONFIG_KEYS
 from langchain_rtr.knobs import config_label, knobs_from_config, parse_knobs
 from langchain_rtr.models import ModelRegistry
+from langchain_rtr.traffic import open_traffic_log
 
 __all__ = [
     "CONFIG_KEYS",
@@ -150,6 +151,9 @@ class RTRRunnable(RunnableSerializable[RTRInput, RTRResult]):
     vLLM's `continue_final_message`). None: every `ChatOpenAI` with a `base_url`, which is
     what models built from specs are (this project serves them with vLLM); `[]`: none."""
 
+    traffic_log: Any = None
+    """A `TrafficLog` (or a path for one) every routed call is written to; None: off."""
+
     _engine: DispatchEngine = PrivateAttr()
 
     def __init__(
@@ -170,7 +174,8 @@ class RTRRunnable(RunnableSerializable[RTRInput, RTRResult]):
                 each name the router knows. Strategies the predictor was not trained on are
                 refused.
             **kwargs: `policy`, `allowed_pairs`, `max_attempts`, `raise_on_failure`,
-                `route_in_thread`, `continuable_models`.
+                `route_in_thread`, `continuable_models`, `traffic_log` (a `TrafficLog` or a
+                path; its embeddings come from the router's encoder unless it has one).
 
         Raises:
             UnknownPairError: A model, strategy or allowed pair the router was not trained on.
@@ -185,7 +190,9 @@ class RTRRunnable(RunnableSerializable[RTRInput, RTRResult]):
             max_attempts=kwargs.get("max_attempts", 3),
             raise_on_failure=kwargs.get("raise_on_failure", False),
             continuable_models=kwargs.get("continuable_models"),
+            traffic_log=open_traffic_log(kwargs.get("traffic_log"), router),
         )
+        kwargs["traffic_log"] = engine.traffic_log
         super().__init__(  # type: ignore[call-arg]
             router=router, models=engine.models, strategies=engine.strategies, **kwargs
         )

@@ -86,8 +86,31 @@ def serve_router(
     workers: Annotated[
         int, typer.Option(min=1, help="Server processes, each loading the router once.")
     ] = 1,
+    traffic_log: Annotated[
+        Path | None,
+        typer.Option(
+            "--traffic-log",
+            help="Write every routed call here (PATH.jsonl, or a folder of Parquet files) "
+            "for `rtr train --update`.",
+        ),
+    ] = None,
+    store_questions: Annotated[
+        bool,
+        typer.Option(
+            "--store-questions", help="Keep question texts in the log (default: hash + embedding)."
+        ),
+    ] = False,
 ) -> None:
     """Serve RTR behind an OpenAI-compatible /v1/chat/completions endpoint."""
     from langchain_rtr.server import run_server
 
-    run_server(router_dir, models_file, host=host, port=port, api_key=api_key, workers=workers)
+    run_server(
+        router_dir,
+        models_file,
+        host=host,
+        port=port,
+        api_key=api_key,
+        workers=workers,
+        traffic_log=traffic_log,
+        store_questions=store_questions,
+    )

@@ -310,9 +310,26 @@ def train(
         ),
     ] = 0.25,
     hold_out_source: HoldOutOpt = None,
+    update: Annotated[
+        Path | None,
+        typer.Option(
+            "--update",
+            help="Refit --router on this traffic log (lengths from every call, correctness "
+            "where scored) instead of training anew.",
+        ),
+    ] = None,
+    router_dir: Annotated[
+        Path, typer.Option("--router", "-r", help="With --update: the router to refit.")
+    ] = DEFAULT_OUT / "router",
 ) -> None:
-    """Train a router on a routing set's training part and save it."""
+    """Train a router on a routing set's training part and save it (or refit: --update)."""
     from langchain_rtr.workflow import TrainingInfo, save_training_info
+
+    if update is not None:
+        from langchain_rtr.cli.upkeep import update as update_router
+
+        update_router(router_dir, update, out)
+        return
 
     routing_set, router, _, _ = _train(
         data,
@@ -507,38 +524,10 @@ def demo(
     console.rule("routing a few questions")
     for question in DEMO_QUESTIONS:
         _print_decision(router, question, None, None)
-    _print_budgets(router, DEMO_QUESTIONS, DEMO_BUDGETS)
+    from langchain_rtr.cli.render import budgets_view
+
+    console.print(budgets_view(router, DEMO_QUESTIONS, DEMO_BUDGETS))
     console.print(f"\n[dim]demo finished in {time.perf_counter() - started:.0f} s[/dim]")
-
-
-def _print_budgets(router: Any, questions: Any, budgets: Any) -> None:
-    """The pair each question gets under each per-question output-token budget."""
-    from langchain_rtr.routing import RoutingError, TokenBudget
-
-    table = Table(
-        title="chosen pair under a per-question output-token budget", title_justify="left"
-    )
-    table.add_column("question")
-    for budget in budgets:
-        table.add_column(f"≤ {budget} tokens")
-    tables = router.tables(list(questions))
-    picks: list[list[str]] = []
-    for budget in budgets:
-        try:
-            decisions = router.decide(tables, TokenBudget(budget), None)
-        except RoutingError as exc:  # a predictor without a length head
-            console.print(f"[dim]no token budgets: {exc}[/dim]")
-            return
-        picks.append(
-            [
-                "-" if d.model is None else f"{d.model}/{d.strategy} (~{d.output_tokens or 0:.0f})"
-                for d in decisions
-            ]
-        )
-    for i, question in enumerate(questions):
-        short = question if len(question) <= 48 else question[:45] + "..."
-        table.add_row(short, *(column[i] for column in picks))
-    console.print(table)
 
 
 @app.command("bundled")
@@ -561,10 +550,12 @@ def bundled() -> None:
 
 from langchain_rtr.cli.encoder import encoder_app  # noqa: E402
 from langchain_rtr.cli.live import collect, serve, serve_router  # noqa: E402
+from langchain_rtr.cli.upkeep import add_model  # noqa: E402
 
 app.command()(serve)
 app.command()(collect)
 app.command("serve-router")(serve_router)
+app.command("add-model")(add_model)
 app.add_typer(encoder_app, name="encoder")
 
 

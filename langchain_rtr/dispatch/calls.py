@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -12,6 +13,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 
 from langchain_rtr.dispatch.messages import count_tokens, join_chunks
 from langchain_rtr.dispatch.results import (
+    AllPairsFailedError,
     FailedAttempt,
     RTRResult,
     Usage,
@@ -151,6 +153,7 @@ class CallRun:
         self._plan = iter(engine.plan(req, decision))
         self.last: Attempt | None = None
         self.last_exc: BaseException | None = None
+        self.call_id = uuid.uuid4().hex
 
     def next_attempt(self) -> Attempt | None:
         """The next pair to try: from the plan until text is out, then a continuation."""
@@ -196,10 +199,13 @@ class CallRun:
         parsed: Any = None,
         parts: Sequence[tuple[str, Usage]] | None = None,
     ) -> RTRResult:
-        """The call's result: answered by ``attempt``, or failed (no ``message``)."""
+        """The call's result: answered by ``attempt``, or failed (no ``message``).
+
+        Where every routed call ends, so the traffic log is fed here (off the call path).
+        """
         if message is None:
             attempt = self.last
-        return self.engine.result(
+        result = self.engine.result(
             self.req,
             self.decision,
             self.started,
@@ -210,6 +216,12 @@ class CallRun:
             exception=self.last_exc if message is None else None,
             parts=parts,
         )
+        result.call_id = self.call_id
+        if self.engine.traffic_log is not None:
+            self.engine.traffic_log.submit(result)
+        if result.error is not None and self.engine.raise_on_failure:
+            raise AllPairsFailedError(result)
+        return result
 
 
 def stream_answer(streamed: Streamed) -> tuple[AIMessage, list[tuple[str, Usage]] | None]:

@@ -48,7 +48,6 @@ from langchain_rtr.dispatch.messages import (
     split_input,
 )
 from langchain_rtr.dispatch.results import (
-    AllPairsFailedError,
     FailedAttempt,
     RTRResult,
     Usage,
@@ -60,6 +59,7 @@ from langchain_rtr.errors import ConfigError, UnknownPairError
 from langchain_rtr.knobs import Knobs, check_tokens, parse_knobs, parse_pairs, policy_budget
 from langchain_rtr.models import ModelRegistry
 from langchain_rtr.specs import ModelSpec
+from langchain_rtr.traffic import TrafficLog
 
 Pair = tuple[str, str]
 
@@ -81,6 +81,8 @@ class DispatchEngine:
         raise_on_failure: Raise `AllPairsFailedError` instead of returning a failed result.
         continuable_models: Models that may continue a broken-off stream (None: every
             `ChatOpenAI` with a `base_url`; `[]`: none).
+        traffic_log: Where every finished call is written (`langchain_rtr.traffic`); None:
+            nowhere (the default).
 
     Raises:
         UnknownPairError: A model, strategy or allowed pair the router was not trained on.
@@ -98,8 +100,10 @@ class DispatchEngine:
         max_attempts: int = 3,
         raise_on_failure: bool = False,
         continuable_models: Sequence[str] | None = None,
+        traffic_log: TrafficLog | None = None,
     ) -> None:
         self.router = router
+        self.traffic_log = traffic_log
         self.models = _registry(router, models)
         self.known: frozenset[Pair] = frozenset((m, s) for m, s in router.pairs)
         self.strategies = _strategies(self.known, strategies)
@@ -335,7 +339,10 @@ class DispatchEngine:
         exception: BaseException | None = None,
         parts: Sequence[tuple[str, Usage]] | None = None,
     ) -> RTRResult:
-        """The result; `parts` is the usage per model when several wrote the answer."""
+        """The result; `parts` is the usage per model when several wrote the answer.
+
+        Raising on failure (``raise_on_failure``) is `CallRun.finish`'s, after the log.
+        """
         usage = usage_of(message) if message is not None else None
         if parts is None:
             parts = [(attempt.pair[0], usage)] if attempt is not None and usage else []
@@ -371,8 +378,6 @@ class DispatchEngine:
             decision=decision,
             exception=exception,
         )
-        if result.error is not None and self.raise_on_failure:
-            raise AllPairsFailedError(result)
         return result
 
     # ----------------------------------------------------------------- execution

@@ -79,6 +79,9 @@ class RTRResult(BaseModel):
     latency_s: float = 0.0
     fallbacks: list[FailedAttempt] = Field(default_factory=list)
     error: str | None = None
+    call_id: str | None = Field(
+        default=None, description="This call's id: the traffic log's key for later feedback."
+    )
     decision: Any = Field(default=None, exclude=True, repr=False)
     exception: BaseException | None = Field(default=None, exclude=True, repr=False)
 

@@ -42,7 +42,14 @@ class FactorisedHead(nn.Module):
 
     def forward(self, questions: torch.Tensor, pair_bias: torch.Tensor) -> torch.Tensor:
         """Raw outputs ``[n, P]`` from questions ``[n, d_q]`` and pair biases ``[P, hidden]``."""
-        hidden = torch.relu(self.question(questions).unsqueeze(1) + pair_bias.unsqueeze(0))
+        return self.from_projected(self.question(questions), pair_bias)
+
+    def from_projected(self, projected: torch.Tensor, pair_bias: torch.Tensor) -> torch.Tensor:
+        """Raw outputs ``[n, P]`` from question blocks ``W_q q`` ``[n, hidden]``.
+
+        For fitting pair features alone: the question blocks are then computed once.
+        """
+        hidden = torch.relu(projected.unsqueeze(1) + pair_bias.unsqueeze(0))
         out: torch.Tensor = self.out(hidden)
         return out.squeeze(-1)
 

@@ -245,7 +245,8 @@ def member_seeds(seed: int, members: int) -> list[int]:
     return [seed, *derived]
 
 
-def _validation_split(n: int, fraction: float, rng: np.random.Generator) -> tuple[Any, Any]:
+def validation_split(n: int, fraction: float, rng: np.random.Generator) -> tuple[Any, Any]:
+    """Sorted (train, validation) row indices; at least one of each when ``n >= 2``."""
     order = rng.permutation(n)
     n_val = int(round(fraction * n)) if fraction > 0 and n >= 2 else 0
     if fraction > 0 and n >= 2:
@@ -309,7 +310,7 @@ class RTRPredictor:
         """The torch networks (built from the loaded weights on first use; imports torch)."""
         if self._net is None:
             assert self._state is not None
-            self._net = _net_from_state(self._state, self.pairs, self.config)
+            self._net = net_from_state(self._state, self.pairs, self.config)
         return self._net
 
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -421,7 +422,7 @@ class RTRPredictor:
         validation_logits: list[tuple[np.ndarray, np.ndarray]] = []
         for member, seed in enumerate(member_seeds(config.seed, config.ensemble)):
             rng = np.random.default_rng(seed)
-            train_idx, val_idx = _validation_split(rows.size, config.validation_fraction, rng)
+            train_idx, val_idx = validation_split(rows.size, config.validation_fraction, rng)
             with torch.random.fork_rng(devices=[]):  # seeded init, callers' RNG untouched
                 torch.manual_seed(seed)
                 net = RTRNet(
@@ -441,8 +442,8 @@ class RTRPredictor:
                 if progress is None
                 else lambda epoch, tl, vl, done=done: progress(done + epoch, tl, vl)
             )
-            with _torch_threads(config.num_threads):
-                fit = _fit(
+            with torch_threads(config.num_threads):
+                fit = fit_network(
                     net,
                     questions=question_t,
                     score=score_t,
@@ -456,7 +457,7 @@ class RTRPredictor:
             members.append(net)
             if length_scale is not None and len(val_idx):
                 val_t = torch.from_numpy(val_idx)
-                predicted = _predicted_tokens(net, question_t[val_t], length_scale)
+                predicted = predicted_tokens(net, question_t[val_t], length_scale)
                 held_out.append((predicted, tokens[rows][val_idx]))
             if len(val_idx):
                 with torch.no_grad():
@@ -751,7 +752,7 @@ class RTRPredictor:
         )
 
 
-def _predicted_tokens(net: RTRNet, questions: torch.Tensor, length_scale: float) -> np.ndarray:
+def predicted_tokens(net: RTRNet, questions: torch.Tensor, length_scale: float) -> np.ndarray:
     """One network's point estimates of output tokens ``[n, P]`` (for calibration)."""
     import torch
 
@@ -769,10 +770,20 @@ def _masked_losses(
     length: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Mean BCE over observed scores and mean squared error over observed lengths."""
+    logits, predicted_length = net(questions)
+    return masked_losses(logits, predicted_length, score, length)
+
+
+def masked_losses(
+    logits: torch.Tensor,
+    predicted_length: torch.Tensor | None,
+    score: torch.Tensor,
+    length: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The losses of outputs against targets where the targets are observed (not NaN)."""
     import torch
     from torch import nn
 
-    logits, predicted_length = net(questions)
     observed = torch.isfinite(score)
     target = torch.where(observed, score, torch.zeros_like(score))
     bce = nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
@@ -795,7 +806,7 @@ class _Fit:
     history: list[tuple[int, float, float]] = field(default_factory=list)
 
 
-def _fit(
+def fit_network(
     net: RTRNet,
     *,
     questions: torch.Tensor,
@@ -869,7 +880,7 @@ def _fit(
 
 
 @contextlib.contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
+def torch_threads(n: int | None) -> Iterator[None]:
     """Run the block with ``n`` torch threads, then restore the caller's setting."""
     import torch
 
@@ -1001,7 +1012,7 @@ def _check_tensors(
         raise CheckpointError(f"{weights_path}: {exc}") from exc
 
 
-def _net_from_state(
+def net_from_state(
     state: Mapping[str, np.ndarray], pairs: Sequence[Pair], hyper: TrainConfig
 ) -> RTREnsemble:
     """The torch networks holding ``state`` (imports torch)."""

@@ -76,6 +76,7 @@ def rtr_field(result: RTRResult, timing: Timing, now: float) -> dict[str, Any]:
     if result.message is not None:
         served = result.message.response_metadata.get("model_name")
     return {
+        "call_id": result.call_id,
         "model": result.model,
         "strategy": result.strategy,
         "served_model": served,

@@ -23,6 +23,7 @@ from langchain_rtr.errors import ConfigError
 from langchain_rtr.runnable import RTRRunnable
 from langchain_rtr.server.app import build_runnable, create_app
 from langchain_rtr.server.schemas import ServerSettings
+from langchain_rtr.traffic import TrafficLog, open_traffic_log
 
 KEEP_ALIVE_S = 75
 """Seconds an idle client connection is kept open. Longer than the clients' own idle expiry
@@ -59,6 +60,8 @@ def run_server(
     log_level: str = "info",
     limit_concurrency: int | None = None,
     settings: ServerSettings | None = None,
+    traffic_log: str | os.PathLike[str] | None = None,
+    store_questions: bool = False,
     **setting_overrides: Any,
 ) -> None:
     """Serve the endpoint with uvicorn until Ctrl-C (the body of `rtr serve-router`).
@@ -75,10 +78,15 @@ def run_server(
         log_level: uvicorn's log level.
         limit_concurrency: uvicorn's cap on open connections per worker (503 beyond it).
         settings: Full `ServerSettings` (`api_key` and overrides win over it).
+        traffic_log: Write every routed call to this log (`langchain_rtr.traffic`; a
+            ``.jsonl`` file or a Parquet folder); None: no log. One worker only for now.
+        store_questions: Keep question and answer texts in that log (default: a hash and
+            the embedding).
         **setting_overrides: Other `ServerSettings` fields.
 
     Raises:
-        ConfigError: ``workers`` is not a positive int, or more than one with a runnable.
+        ConfigError: ``workers`` is not a positive int, or more than one with a runnable
+            or a traffic log.
     """
     import uvicorn
 
@@ -101,6 +109,10 @@ def run_server(
         "timeout_graceful_shutdown": 10,
     }
     if workers > 1:
+        if traffic_log is not None:
+            raise ConfigError(
+                "a traffic log needs one worker: worker processes would write the same log"
+            )
         if isinstance(router_dir_or_runnable, RTRRunnable):
             raise ConfigError(
                 "workers > 1 needs a router directory (each worker process loads it); "
@@ -116,13 +128,20 @@ def run_server(
         target = f"{__name__}:app_from_env"
         uvicorn.run(target, factory=True, workers=workers, **common)
         return
+    traffic = (
+        None if traffic_log is None else TrafficLog(traffic_log, store_questions=store_questions)
+    )
     if isinstance(router_dir_or_runnable, RTRRunnable):
         runnable = router_dir_or_runnable
+        if traffic is not None:
+            runnable.engine.traffic_log = open_traffic_log(traffic, runnable.router)
         backends = None
         if models_file is not None:
             from langchain_rtr.config import load_models_file
 
             backends = {n: s for n, s in load_models_file(models_file).specs.items() if s.base_url}
     else:
-        runnable, backends = build_runnable(Path(router_dir_or_runnable), models_file)
+        runnable, backends = build_runnable(
+            Path(router_dir_or_runnable), models_file, traffic_log=traffic
+        )
     uvicorn.run(create_app(runnable, backends=backends, settings=cfg), **common)
