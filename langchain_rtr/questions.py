@@ -169,6 +169,18 @@ def _row_to_question(
     )
 
 
+def _check_utf8(path: Path) -> None:
+    """Refuse a file that is not UTF-8 with its line and byte, before any row is read."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise QuestionSetError(
+            str(path), [f"{path}:{line}: not UTF-8 text (byte {exc.start}: {exc.reason})"]
+        ) from None
+
+
 def _jsonl_rows(path: Path, problems: list[str]) -> Iterable[tuple[int, Mapping[str, Any]]]:
     with path.open("r", encoding="utf-8", newline="") as f:
         for line_no, raw in enumerate(f, start=1):
@@ -245,6 +257,7 @@ def read_questions(path: str | os.PathLike[str]) -> list[Question]:
         )
     if not file.is_file():
         raise FileNotFoundError(f"{file}: no such question-set file")
+    _check_utf8(file)
     problems: list[str] = []
     rows = _jsonl_rows(file, problems) if suffix in _JSONL_SUFFIXES else _csv_rows(file, problems)
     questions: list[Question] = []

@@ -180,3 +180,15 @@ def test_generated_questions_are_seeded_distinct_and_exact() -> None:
         if m:  # the arithmetic levels: recompute the gold answer independently
             assert value(ast.parse(m.group(1), mode="eval").body) == int(q.answer), q
         assert int(q.answer) >= 0
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_a_file_that_is_not_utf8_names_its_line_and_byte(tmp_path: Path, suffix: str) -> None:
+    good = '{"question": "2+2?", "answer": "4"}\n' if suffix == ".jsonl" else "question,answer\n"
+    path = tmp_path / f"q{suffix}"
+    path.write_bytes(good.encode() + b'{"question": "caf\xe9", "answer": "1"}\n')
+    with pytest.raises(QuestionSetError) as err:
+        read_questions(path)
+    assert err.value.problems == [
+        f"{path}:2: not UTF-8 text (byte {len(good) + 17}: invalid continuation byte)"
+    ]
