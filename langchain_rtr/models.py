@@ -86,9 +86,16 @@ def backend_timeout(spec: ModelSpec) -> openai.Timeout:
     """
     import openai  # with the client, not when this module is imported
 
-    connect = spec.connect_timeout_s or DEFAULT_CONNECT_TIMEOUT_S
-    first_byte = spec.first_byte_timeout_s or DEFAULT_FIRST_BYTE_TIMEOUT_S
+    connect, first_byte = backend_bounds(spec)
     return openai.Timeout(connect=connect, read=first_byte, write=WRITE_TIMEOUT_S, pool=connect)
+
+
+def backend_bounds(spec: ModelSpec) -> tuple[float, float]:
+    """The spec's connect and first-byte bounds in seconds, the defaults where it sets none."""
+    return (
+        spec.connect_timeout_s or DEFAULT_CONNECT_TIMEOUT_S,
+        spec.first_byte_timeout_s or DEFAULT_FIRST_BYTE_TIMEOUT_S,
+    )
 
 
 class ModelRegistry(Mapping[str, BaseChatModel]):

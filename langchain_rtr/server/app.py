@@ -343,7 +343,9 @@ def create_app(
                     code="model_not_found",
                 )
             stats.passthrough += 1
-            return await passthrough(client, spec, raw, data, bool(req.stream))
+            return await passthrough(
+                client, spec, raw, data, bool(req.stream), cfg.passthrough_timeout_s
+            )
         stats.routed += 1
         return await answers.answer(req, knobs, timing, rid)
 

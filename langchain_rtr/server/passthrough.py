@@ -10,12 +10,29 @@ import httpx
 from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
+from langchain_rtr.models import WRITE_TIMEOUT_S, backend_bounds
 from langchain_rtr.server.errors import OpenAIError
 from langchain_rtr.specs import ModelSpec
 
 
+def passthrough_timeout(spec: ModelSpec, stream: bool, whole_answer_s: float) -> httpx.Timeout:
+    """The backend's connect bound always; its first-byte bound between the chunks of a stream.
+
+    A non-streamed answer's first byte comes when the whole answer is done, so its wait is
+    bounded by ``whole_answer_s`` (`ServerSettings.passthrough_timeout_s`) instead.
+    """
+    connect, first_byte = backend_bounds(spec)
+    read = first_byte if stream else whole_answer_s
+    return httpx.Timeout(read, connect=connect, write=WRITE_TIMEOUT_S, pool=None)
+
+
 async def passthrough(
-    client: httpx.AsyncClient, spec: ModelSpec, raw: bytes, data: dict[str, Any], stream: bool
+    client: httpx.AsyncClient,
+    spec: ModelSpec,
+    raw: bytes,
+    data: dict[str, Any],
+    stream: bool,
+    whole_answer_s: float,
 ) -> Response:
     """Send the body to ``spec``'s server (only `model` rewritten) and relay its answer."""
     assert spec.base_url is not None
@@ -30,7 +47,13 @@ async def passthrough(
     rtr_headers = {"x-rtr-model": spec.name, "x-rtr-strategy": "passthrough"}
     try:
         upstream = await client.send(
-            client.build_request("POST", url, content=content, headers=headers),
+            client.build_request(
+                "POST",
+                url,
+                content=content,
+                headers=headers,
+                timeout=passthrough_timeout(spec, stream, whole_answer_s),
+            ),
             stream=True,
         )
     except httpx.TimeoutException as exc:

@@ -299,7 +299,8 @@ class ServerSettings(BaseModel):
         max_question_chars: Longest routed question; longer ones get 400.
         body_timeout_s: Seconds a client may take to send its body (408 after).
         passthrough: Whether requests naming a backend model go to it directly.
-        passthrough_timeout_s: Read timeout of pass-through calls.
+        passthrough_timeout_s: Longest wait for a non-streamed pass-through answer (a streamed
+            one is bounded by the backend's connect and first-byte timeouts, like routed calls).
         stats: Serve `GET /rtr/stats` (request and response counts; guarded by the key).
         max_route_batch: Most questions routed in one `route_batch` call under load.
     """

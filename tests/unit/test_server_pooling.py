@@ -12,10 +12,11 @@ from langchain_openai import ChatOpenAI
 
 from langchain_rtr.dispatch import DispatchEngine
 from langchain_rtr.errors import ConfigError
-from langchain_rtr.models import ModelRegistry
+from langchain_rtr.models import DEFAULT_CONNECT_TIMEOUT_S, ModelRegistry
 from langchain_rtr.runnable import RTRRunnable
 from langchain_rtr.server import app_from_env, create_app, run_server
 from langchain_rtr.server.jsonio import dumps
+from langchain_rtr.server.passthrough import passthrough_timeout
 from langchain_rtr.server.pooling import pooled_http_client
 from langchain_rtr.specs import ModelSpec
 from tests.unit.test_backend_timeouts import hung_url, stub_url  # noqa: F401  (fixtures)
@@ -134,3 +135,32 @@ def test_a_worker_without_its_config_says_how_to_start_it(
     monkeypatch.delenv("RTR_SERVER_WORKER_CONFIG", raising=False)
     with pytest.raises(ConfigError, match="run_server"):
         app_from_env()
+
+
+# ------------------------------------------------------------------ pass-through bounds
+@pytest.mark.allow_hosts(["127.0.0.1"])
+async def test_a_streamed_passthrough_to_a_hung_backend_fails_within_its_bound(
+    hung_url: str,  # noqa: F811
+) -> None:
+    hung = ModelSpec(
+        name="hung", base_url=hung_url, connect_timeout_s=0.5, first_byte_timeout_s=0.5
+    )
+    runnable = RTRRunnable(
+        router=FakeRouter(),
+        models={"big": FakeChat(), "small": FakeChat()},
+        strategies=make_strategies(),
+    )
+    app = create_app(runnable, backends={"hung": hung})
+    body = {"model": "hung", "messages": HELLO, "stream": True}
+    resp = await routed(app, body)  # before: held for the 300 s whole-answer timeout
+    assert resp.status_code == 504 and resp.json()["error"]["code"] == "backend_timeout"
+
+
+def test_a_non_streamed_passthrough_waits_for_the_whole_answer() -> None:
+    spec = ModelSpec(name="m", base_url="http://127.0.0.1:1/v1", first_byte_timeout_s=2.0)
+    streamed, whole = (
+        passthrough_timeout(spec, True, 300.0),
+        passthrough_timeout(spec, False, 300.0),
+    )
+    assert (streamed.read, whole.read) == (2.0, 300.0)
+    assert streamed.connect == whole.connect == DEFAULT_CONNECT_TIMEOUT_S
