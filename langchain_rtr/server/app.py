@@ -47,7 +47,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from fastapi import Depends, FastAPI, Request
@@ -67,6 +67,7 @@ from langchain_rtr.server.pooling import pooled_engine, pooled_http_client
 from langchain_rtr.server.schemas import ChatCompletionRequest, ServerSettings, parse_rtr_model
 from langchain_rtr.server.stats import CountingMiddleware, Stats
 from langchain_rtr.specs import ModelSpec
+from langchain_rtr.traffic import TrafficLogError
 
 log = logging.getLogger("langchain_rtr.server")
 
@@ -240,7 +241,7 @@ def create_app(
             ) from None
         return b"".join(chunks)
 
-    def parse_body(raw: bytes) -> tuple[dict[str, Any], ChatCompletionRequest]:
+    def parse_json_object(raw: bytes) -> dict[str, Any]:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -274,6 +275,10 @@ def create_app(
                 None,
                 "invalid_type",
             )
+        return data
+
+    def parse_body(raw: bytes) -> tuple[dict[str, Any], ChatCompletionRequest]:
+        data = parse_json_object(raw)
         try:
             req = ChatCompletionRequest.model_validate(data)
         except ValidationError as exc:
@@ -312,6 +317,26 @@ def create_app(
         @app.get("/rtr/stats", include_in_schema=False, dependencies=guarded)
         async def get_stats(request: Request) -> dict[str, Any]:
             return stats.to_dict()
+
+    @app.post("/rtr/feedback", dependencies=guarded)
+    async def post_feedback(request: Request) -> dict[str, Any]:
+        """A score in [0, 1] for a routed call (its `rtr.call_id`), kept in the traffic log."""
+        log_ = engine.traffic_log
+        if log_ is None:
+            raise OpenAIError(
+                404,
+                "this server keeps no traffic log (start it with --traffic-log)",
+                code="no_traffic_log",
+            )
+        data = parse_json_object(await read_body(request))
+        call_id, score = data.get("call_id"), data.get("score")
+        try:  # record_feedback checks both and says what is wrong
+            queued = log_.record_feedback(cast("str", call_id), cast("float", score))
+        except TrafficLogError as exc:
+            raise bad_request(str(exc), "score" if "score" in str(exc) else "call_id") from None
+        if not queued:
+            raise OpenAIError(503, "the traffic log is full; retry later", code="log_full")
+        return {"call_id": call_id, "score": score, "queued": True}
 
     @app.post(
         "/v1/chat/completions",

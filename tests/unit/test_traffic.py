@@ -223,3 +223,33 @@ def test_update_from_a_log_picks_up_a_planted_shift_in_one_models_lengths(tmp_pa
     assert abs(np.log(after / target)) < 0.5 * abs(np.log(before / target)), (before, after)
     assert 40 / 1.5 < median_tokens(report.router, other) < 40 * 1.5
     assert report.after["length_error m1"] < report.before["length_error m1"]
+
+
+async def test_the_server_takes_feedback_for_a_call_id(tmp_path: Path) -> None:
+    from tests.unit.test_server import Env, post
+
+    log = TrafficLog(tmp_path / "calls.jsonl")
+    env = Env(runnable_kw={"traffic_log": log})
+    answer = await post(env, {"model": "rtr", "messages": [{"role": "user", "content": "2+2?"}]})
+    call_id = answer.json()["rtr"]["call_id"]
+    async with env.client() as client:
+        ok = await client.post("/rtr/feedback", json={"call_id": call_id, "score": 1})
+        bad_score = await client.post("/rtr/feedback", json={"call_id": call_id, "score": 2})
+        no_id = await client.post("/rtr/feedback", json={"score": 0.5})
+        not_json = await client.post("/rtr/feedback", content=b"[1, 2]")
+    assert ok.status_code == 200 and ok.json() == {"call_id": call_id, "score": 1, "queued": True}
+    assert bad_score.status_code == 400 and bad_score.json()["error"]["param"] == "score"
+    assert no_id.status_code == 400 and no_id.json()["error"]["param"] == "call_id"
+    assert not_json.status_code == 400 and not_json.json()["error"]["code"] == "invalid_type"
+    log.close()
+    rows = read_rows(tmp_path / "calls.jsonl")
+    feedback = [r for r in rows if r["kind"] == "feedback"]
+    assert [(r["call_id"], r["score"]) for r in feedback] == [(call_id, 1.0)]
+
+
+async def test_a_server_without_a_traffic_log_says_so_on_feedback() -> None:
+    from tests.unit.test_server import Env
+
+    async with Env().client() as client:
+        resp = await client.post("/rtr/feedback", json={"call_id": "x", "score": 1})
+    assert resp.status_code == 404 and resp.json()["error"]["code"] == "no_traffic_log"
