@@ -543,9 +543,6 @@ class OnnxEncoder:
                 options = ort.SessionOptions()
                 options.intra_op_num_threads = _threads(self.threads)
                 options.inter_op_num_threads = 1
-                # No spin-waiting between runs: the cores are shared with an event loop (the
-                # server's, a chain's), which a spinning idle thread would starve.
-                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
                 options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
                 path = self.directory / ONNX_FILE
                 if not path.is_file():

@@ -6,8 +6,8 @@ the router once (`app_from_env` is the factory uvicorn calls in it); its `/rtr/s
 that worker answered and names it (`worker`, its process id).
 
 The router's encoder gets one ONNX Runtime thread per process unless ``RTR_ENCODER_THREADS``
-says otherwise: on a server, the event loop needs the other cores, and a second encoder thread
-mostly waits for the first (docs/server.md has the measurements).
+says otherwise: on a server the event loop needs the other cores, and a second encoder thread
+spin-waits on them between runs (docs/server.md has the measurements).
 """
 
 from __future__ import annotations
