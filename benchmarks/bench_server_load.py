@@ -625,9 +625,8 @@ def main() -> None:
         port = free_port()
         code = (
             "import sys; from langchain_rtr.server import run_server;"
-            "workers, batch = int(sys.argv[4]), int(sys.argv[5]);"
             "run_server(sys.argv[1], sys.argv[2], port=int(sys.argv[3]), log_level='warning',"
-            " **({'workers': workers} if workers > 1 else {}), max_route_batch=batch)"
+            " workers=int(sys.argv[4]), max_route_batch=int(sys.argv[5]))"
         )
         server = start_process(
             [

@@ -321,10 +321,12 @@ class RTRChatModel(BaseChatModel):
                 ``tools: true``, or no strategy supports tools).
         """
         formatted = [convert_to_openai_tool(t, strict=strict) for t in tools]
-        options = {"tool_choice": tool_choice, "parallel_tool_calls": parallel_tool_calls}
+        options = {
+            "tool_choice": tool_choice,
+            "parallel_tool_calls": parallel_tool_calls,
+            "strict": strict,
+        }
         bound = {"tools": formatted, **{k: v for k, v in options.items() if v is not None}}
-        if strict is not None:
-            bound["strict"] = strict
         self.runnable.engine.capable(bound)  # fail at bind time, not on the first call
         return self.bind(**bound, **kwargs)
 

@@ -66,7 +66,15 @@ The routing-record fields are among them, so a scored call is a `RoutingRecord`.
 
 
 class TrafficLogError(RTRError, ValueError):
-    """A traffic log that cannot be opened, written or read as asked."""
+    """A traffic log that cannot be opened, written or read as asked.
+
+    Attributes:
+        field: The feedback field at fault (``call_id`` or ``score``), if a feedback was bad.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class _Encoder(Protocol):
@@ -92,15 +100,11 @@ def question_hash(question: str) -> str:
     return hashlib.sha256(question.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def new_call_id() -> str:
-    """A fresh, unique call id."""
-    return uuid.uuid4().hex
-
-
 def _check_score(score: float, call_id: str) -> float:
     if isinstance(score, bool) or not isinstance(score, int | float) or not 0.0 <= score <= 1.0:
         raise TrafficLogError(
-            f"feedback for call {call_id!r}: score must be in [0, 1], got {score!r}"
+            f"feedback for call {call_id!r}: score must be in [0, 1], got {score!r}",
+            field="score",
         )
     return float(score)
 
@@ -108,7 +112,9 @@ def _check_score(score: float, call_id: str) -> float:
 def feedback_row(call_id: str, score: float) -> dict[str, Any]:
     """The row that attaches ``score`` to call ``call_id``."""
     if not isinstance(call_id, str) or not call_id:
-        raise TrafficLogError(f"feedback: call_id must be a non-empty string, got {call_id!r}")
+        raise TrafficLogError(
+            f"feedback: call_id must be a non-empty string, got {call_id!r}", field="call_id"
+        )
     row: dict[str, Any] = dict.fromkeys(COLUMNS)
     row.update(
         kind="feedback", call_id=call_id, time=time.time(), score=_check_score(score, call_id)
@@ -116,15 +122,18 @@ def feedback_row(call_id: str, score: float) -> dict[str, Any]:
     return row
 
 
-def call_row(result: Any, *, store_questions: bool, encoder: _Encoder | None) -> dict[str, Any]:
+def call_row(
+    result: Any,
+    *,
+    store_questions: bool,
+    embedding: Sequence[float] | None = None,
+    encoder_id: str | None = None,
+) -> dict[str, Any]:
     """The row of one finished call (an `RTRResult` with its ``call_id``)."""
     question: str = result.question
     digest = question_hash(question)
     routing = result.routing
     usage = result.usage
-    embedding = None
-    if encoder is not None:
-        embedding = [float(x) for x in list(encoder.encode([question])[0])]
     pair_model = result.model or routing.model
     pair_strategy = result.strategy or routing.strategy
     row: dict[str, Any] = dict.fromkeys(COLUMNS)
@@ -144,8 +153,8 @@ def call_row(result: Any, *, store_questions: bool, encoder: _Encoder | None) ->
         response=_text(result) if store_questions else None,
         error=result.error,
         question_sha256=digest,
-        embedding=embedding,
-        encoder=None if encoder is None else str(encoder.id),
+        embedding=None if embedding is None else [float(x) for x in embedding],
+        encoder=encoder_id,
         routed_model=routing.model,
         routed_strategy=routing.strategy,
         predicted_correctness=routing.predicted_correctness,
@@ -334,11 +343,15 @@ class TrafficLog:
 
     # -- the writer thread -------------------------------------------------------------------
 
-    def _row(self, item: tuple[str, Any]) -> dict[str, Any]:
-        kind, value = item
-        if kind == "row":
-            return dict(value)
-        return call_row(value, store_questions=self.store_questions, encoder=self.encoder)
+    def _embeddings(self, calls: list[Any]) -> list[Any]:
+        """The calls' question vectors, in one encoder call (the router's cache answers it)."""
+        if self.encoder is None or not calls:
+            return [None] * len(calls)
+        try:
+            return list(self.encoder.encode([c.question for c in calls]))
+        except Exception as exc:  # noqa: BLE001 - the rows are kept, without their vectors
+            self._failed(exc, 0)
+            return [None] * len(calls)
 
     def _run(self) -> None:
         while True:
@@ -363,11 +376,24 @@ class TrafficLog:
             if stop:
                 return
 
-    def _write(self, batch: list[Any]) -> None:
+    def _write(self, batch: list[tuple[str, Any]]) -> None:
+        calls = [value for kind, value in batch if kind == "call"]
+        vectors = iter(self._embeddings(calls))
+        encoder_id = None if self.encoder is None else str(self.encoder.id)
         rows = []
-        for item in batch:
+        for kind, value in batch:
             try:
-                rows.append(self._row(item))
+                if kind == "row":
+                    rows.append(dict(value))
+                    continue
+                rows.append(
+                    call_row(
+                        value,
+                        store_questions=self.store_questions,
+                        embedding=next(vectors),
+                        encoder_id=encoder_id,
+                    )
+                )
             except Exception as exc:  # noqa: BLE001 - one bad call must not lose the others
                 self._failed(exc, 1)
         try:

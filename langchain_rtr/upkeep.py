@@ -193,7 +193,7 @@ def log_outcomes(path: str | Path, router: RTRRouter) -> LogOutcomes:
 
 
 def length_error(predicted: np.ndarray, real: np.ndarray) -> float:
-    """Median ``|log(predicted / real)|`` over cells where both are known (NaN if none)."""
+    """Median ``|log((1 + predicted) / (1 + real))|`` where both are known (NaN if none)."""
     seen = np.isfinite(predicted) & np.isfinite(real)
     if not seen.any():
         return float("nan")
@@ -203,8 +203,8 @@ def length_error(predicted: np.ndarray, real: np.ndarray) -> float:
 def held_out_figures(router: RTRRouter, log: LogOutcomes, rows: np.ndarray) -> dict[str, Any]:
     """How well ``router`` predicts the logged calls ``rows``: length error and Brier score.
 
-    ``length_error`` is the median ``|log(predicted / real)|`` of output tokens (overall and
-    per model); ``brier`` the mean squared error of P(correct) on scored calls.
+    ``length_error`` is the median ``|log((1 + predicted) / (1 + real))|`` of output tokens
+    (overall and per model); ``brier`` the mean squared error of P(correct) on scored calls.
     """
     prediction = _predictor_of(router).predict_embeddings(log.embeddings[rows])
     real = log.matrix.output_tokens[rows]

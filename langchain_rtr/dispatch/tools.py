@@ -92,9 +92,7 @@ def bind_call_tools(
         return model, kwargs
     rest = dict(kwargs)
     tools = rest.pop("tools")
-    options = {k: rest.pop(k) for k in TOOL_OPTIONS if rest.get(k) is not None}
-    for key in TOOL_OPTIONS:
-        rest.pop(key, None)
+    options = {k: v for k in TOOL_OPTIONS if (v := rest.pop(k, None)) is not None}
     bound = model.bind_tools(tools, **options)
     if not isinstance(bound, RunnableBinding) or not isinstance(bound.bound, BaseChatModel):
         msg = (

@@ -129,8 +129,7 @@ def create_app(
     Returns:
         A FastAPI app; serve it with uvicorn (or `run_server`).
     """
-    cfg = (settings or ServerSettings()).model_copy(update=setting_overrides)
-    cfg = ServerSettings.model_validate(cfg.model_dump())
+    cfg = ServerSettings.merged(settings, **setting_overrides)
     if backends is None:
         backends = {n: s for n, s in getattr(runnable.router, "models", {}).items() if s.base_url}
     by_name: dict[str, ModelSpec] = {}
@@ -333,7 +332,7 @@ def create_app(
         try:  # record_feedback checks both and says what is wrong
             queued = log_.record_feedback(cast("str", call_id), cast("float", score))
         except TrafficLogError as exc:
-            raise bad_request(str(exc), "score" if "score" in str(exc) else "call_id") from None
+            raise bad_request(str(exc), exc.field) from None
         if not queued:
             raise OpenAIError(503, "the traffic log is full; retry later", code="log_full")
         return {"call_id": call_id, "score": score, "queued": True}

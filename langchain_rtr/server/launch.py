@@ -98,8 +98,7 @@ def run_server(
     overrides = dict(setting_overrides)
     if api_key is not None:
         overrides["api_key"] = api_key
-    cfg = (settings or ServerSettings()).model_copy(update=overrides)
-    cfg = ServerSettings.model_validate(cfg.model_dump())
+    cfg = ServerSettings.merged(settings, **overrides)
     common: dict[str, Any] = {
         "host": host,
         "port": port,

@@ -316,3 +316,9 @@ class ServerSettings(BaseModel):
     passthrough_timeout_s: float = Field(default=300.0, gt=0)
     stats: bool = True
     max_route_batch: int = Field(default=64, ge=1)
+
+    @classmethod
+    def merged(cls, settings: ServerSettings | None, **overrides: Any) -> ServerSettings:
+        """``settings`` (or the defaults) with ``overrides`` on top, all validated."""
+        base = (settings or cls()).model_dump()
+        return cls.model_validate({**base, **overrides})

@@ -23,15 +23,21 @@ import signal
 import socket
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from langchain_rtr.config import load_models_file
 from langchain_rtr.serving import ServerGroup, VLLMServer, free_port
 from langchain_rtr.specs import ModelSpec
+
+if TYPE_CHECKING:
+    from langchain_rtr.data.records import RoutingRecord
+    from langchain_rtr.predictor import TrainConfig
+    from langchain_rtr.routing import RTRRouter
 
 REPO = Path(__file__).resolve().parents[2]
 VLLM_PYTHON = Path(os.environ.get("RTR_VLLM_PYTHON", REPO / ".venv-vllm" / "bin" / "python"))
@@ -204,6 +210,31 @@ def smol_servers(vllm_log_dir: Path) -> Iterator[SmolServers]:
         yield SmolServers(group=group, specs=specs)
     finally:
         group.stop_all()
+
+
+def planted_router(
+    specs: Mapping[str, ModelSpec],
+    records: Sequence[RoutingRecord],
+    strategies: Sequence[str],
+    config: TrainConfig,
+) -> RTRRouter:
+    """A router fitted on planted records for the running servers (accuracy-only policy)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from langchain_rtr.data.matrix import OutcomeMatrix
+    from langchain_rtr.predictor import RTRPredictor
+    from langchain_rtr.routing import RTRRouter, Tradeoff
+    from langchain_rtr.strategies import get_strategy
+
+    matrix = OutcomeMatrix.from_records(list(records))
+    predictor = RTRPredictor.train(
+        matrix,
+        {m: spec.description or m for m, spec in specs.items()},
+        {s: get_strategy(s).description for s in strategies},
+        config=config,
+    )
+    router = RTRRouter(predictor, dict(specs), cost_unit="usd", default_policy=Tradeoff(1.0))
+    router.fit_cost_scale(matrix.questions)
+    return router
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,6 @@ file runs in a few minutes on 2 cores.
 
 from __future__ import annotations
 
-import os
 import random
 import threading
 import time
@@ -35,8 +34,9 @@ from langgraph.graph import END, START, StateGraph
 from langchain_rtr.chat_model import RTRChatModel
 from langchain_rtr.graph import Budget, RTRState, create_rtr_node, input_token_bound
 from langchain_rtr.models import ModelRegistry
-from langchain_rtr.routing import RTRRouter, Tradeoff
+from langchain_rtr.routing import RTRRouter
 from langchain_rtr.runnable import RTRResult, RTRRunnable
+from tests.integration.conftest import planted_router
 
 if TYPE_CHECKING:
     from tests.integration.conftest import ServerControl, SmolServers
@@ -105,11 +105,8 @@ EXPECTED = {Q_PAL: ("smol-a", "pal"), Q_COT: ("smol-b", "cot"), Q_FACT: ("smol-a
 @pytest.fixture(scope="module")
 def router(smol_servers: SmolServers) -> RTRRouter:
     """A router fitted on the planted records, for the running servers (accuracy-only policy)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from langchain_rtr.data.matrix import OutcomeMatrix
     from langchain_rtr.data.records import RoutingRecord
-    from langchain_rtr.predictor import RTRPredictor, TrainConfig
-    from langchain_rtr.strategies import get_strategy
+    from langchain_rtr.predictor import TrainConfig
 
     specs = {
         name: spec.model_copy(update={"max_tokens": PAL_TOKENS})
@@ -129,24 +126,16 @@ def router(smol_servers: SmolServers) -> RTRRouter:
         for m in MODELS
         for s in STRATEGIES
     ]
-    matrix = OutcomeMatrix.from_records(records)
-    predictor = RTRPredictor.train(
-        matrix,
-        {m: specs[m].description or m for m in MODELS},
-        {s: get_strategy(s).description for s in STRATEGIES},
-        config=TrainConfig(
-            hidden=32,
-            learnable_dim=8,
-            lr=1e-2,
-            batch_size=8,
-            max_epochs=60,
-            validation_fraction=0.0,
-            seed=0,
-        ),
+    config = TrainConfig(
+        hidden=32,
+        learnable_dim=8,
+        lr=1e-2,
+        batch_size=8,
+        max_epochs=60,
+        validation_fraction=0.0,
+        seed=0,
     )
-    out = RTRRouter(predictor, specs, cost_unit="usd", default_policy=Tradeoff(1.0))
-    out.fit_cost_scale(matrix.questions)
-    return out
+    return planted_router(specs, records, STRATEGIES, config)
 
 
 def _registry(router: RTRRouter, **overrides: Any) -> ModelRegistry:

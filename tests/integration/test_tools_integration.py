@@ -26,9 +26,10 @@ from pydantic import BaseModel, Field
 
 from langchain_rtr.chat_model import RTRChatModel
 from langchain_rtr.models import ModelRegistry
-from langchain_rtr.routing import RTRRouter, Tradeoff
+from langchain_rtr.routing import RTRRouter
 from langchain_rtr.runnable import RTRRunnable
 from langchain_rtr.server import create_app
+from tests.integration.conftest import planted_router
 
 if TYPE_CHECKING:
     from tests.integration.conftest import SmolServers
@@ -55,11 +56,8 @@ LONG_JOKES = (
 @pytest.fixture(scope="module")
 def router(smol_servers: SmolServers) -> RTRRouter:
     """A router that prefers ``smol-b/cot`` for everything (accuracy-only policy)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from langchain_rtr.data.matrix import OutcomeMatrix
     from langchain_rtr.data.records import RoutingRecord
-    from langchain_rtr.predictor import RTRPredictor, TrainConfig
-    from langchain_rtr.strategies import get_strategy
+    from langchain_rtr.predictor import TrainConfig
 
     specs = {
         name: spec.model_copy(
@@ -80,25 +78,17 @@ def router(smol_servers: SmolServers) -> RTRRouter:
         for m in MODELS
         for s in STRATEGIES
     ]
-    matrix = OutcomeMatrix.from_records(records)
-    predictor = RTRPredictor.train(
-        matrix,
-        {m: specs[m].description or m for m in MODELS},
-        {s: get_strategy(s).description for s in STRATEGIES},
-        config=TrainConfig(
-            hidden=16,
-            learnable_dim=4,
-            lr=1e-2,
-            batch_size=8,
-            max_epochs=40,
-            seed=0,
-            validation_fraction=0.0,
-            ensemble=1,
-        ),
+    config = TrainConfig(
+        hidden=16,
+        learnable_dim=4,
+        lr=1e-2,
+        batch_size=8,
+        max_epochs=40,
+        seed=0,
+        validation_fraction=0.0,
+        ensemble=1,
     )
-    out = RTRRouter(predictor, specs, cost_unit="usd", default_policy=Tradeoff(1.0))
-    out.fit_cost_scale(matrix.questions)
-    return out
+    return planted_router(specs, records, STRATEGIES, config)
 
 
 def make_runnable(router: RTRRouter) -> RTRRunnable:

@@ -36,9 +36,11 @@ class CountingEncoder(TopicEncoder):
     def __init__(self) -> None:
         super().__init__(encoder_id="fake:topic")
         self.threads: set[str] = set()
+        self.batches: list[int] = []
 
     def encode(self, texts: Any, **kw: Any) -> np.ndarray:
         self.threads.add(threading.current_thread().name)
+        self.batches.append(len(texts))
         return super().encode(texts, **kw)
 
 
@@ -121,18 +123,24 @@ async def test_server_logs_and_returns_the_call_id(tmp_path: Path) -> None:
     assert resp.json()["rtr"]["call_id"] == row["call_id"]
 
 
-def test_a_stuck_sink_never_blocks_calls_and_drops_are_counted(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def hold_writes(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """Make the writer thread wait in its first write: (release it, it has entered one)."""
     release, entered = threading.Event(), threading.Event()
     real_write = traffic.write_rows
 
-    def stuck(path: Path, rows: Any) -> None:
+    def held(path: Path, rows: Any) -> None:
         entered.set()
         release.wait()
         real_write(path, rows)
 
-    monkeypatch.setattr(traffic, "write_rows", stuck)
+    monkeypatch.setattr(traffic, "write_rows", held)
+    return release, entered
+
+
+def test_a_stuck_sink_never_blocks_calls_and_drops_are_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release, entered = hold_writes(monkeypatch)
     log = TrafficLog(tmp_path / "calls.jsonl", max_queue=2, batch_size=1)
     rtr = fake_runnable(log)
     rtr.invoke("first")
@@ -143,6 +151,26 @@ def test_a_stuck_sink_never_blocks_calls_and_drops_are_counted(
     release.set()
     log.close()
     assert log.stats.written == 3 and len(read_rows(tmp_path / "calls.jsonl")) == 3
+
+
+def test_the_rows_of_one_write_are_embedded_in_one_encoder_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release, entered = hold_writes(monkeypatch)
+    encoder = CountingEncoder()
+    log = TrafficLog(tmp_path / "calls.jsonl", encoder=encoder)
+    rtr = fake_runnable(log)
+    rtr.invoke("first")
+    assert entered.wait(10)  # the writer holds the first row; the next five queue up
+    questions = [f"question {i}" for i in range(5)]
+    for question in questions:
+        rtr.invoke(question)
+    release.set()
+    log.close()
+    assert encoder.batches == [1, 5]
+    rows = read_rows(tmp_path / "calls.jsonl")
+    expected = encoder.encode(["first", *questions])
+    np.testing.assert_allclose([r["embedding"] for r in rows], expected, rtol=1e-6)
 
 
 def test_parquet_folder_and_feedback_from_another_process(tmp_path: Path) -> None:
