@@ -18,12 +18,12 @@ from langchain_rtr.predictor.encoder import (
 
 if TYPE_CHECKING:
     from langchain_rtr.predictor.model import FactorisedHead, RTRNet
-from langchain_rtr.predictor.predictor import (
-    FORMAT_VERSION,
+from langchain_rtr.predictor.checkpoint import FORMAT_VERSION
+from langchain_rtr.predictor.predictor import RTRPredictor
+from langchain_rtr.predictor.types import (
     CheckpointError,
     Prediction,
     PredictorError,
-    RTRPredictor,
     TrainConfig,
     TrainingSummary,
 )

@@ -21,20 +21,18 @@ import numpy as np
 
 from langchain_rtr.data.matrix import OutcomeMatrix
 from langchain_rtr.predictor.calibration import PlattCalibration
-from langchain_rtr.predictor.predictor import (
-    Pair,
-    PredictorError,
-    ProgressFn,
-    RTRPredictor,
+from langchain_rtr.predictor.checkpoint import net_from_state
+from langchain_rtr.predictor.predictor import RTRPredictor
+from langchain_rtr.predictor.scoring import member_prefixes
+from langchain_rtr.predictor.training import (
     fit_network,
     masked_losses,
     member_seeds,
-    net_from_state,
     predicted_tokens,
     torch_threads,
     validation_split,
 )
-from langchain_rtr.predictor.scoring import member_prefixes
+from langchain_rtr.predictor.types import Pair, PredictorError, ProgressFn
 from langchain_rtr.quantiles import MIN_PAIR_RESIDUALS, LengthQuantiles
 
 if TYPE_CHECKING:

@@ -24,17 +24,11 @@ from typing import Any
 import numpy as np
 
 from langchain_rtr.inputs import check_questions
+from langchain_rtr.predictor.checkpoint import atomic_write, read_json_object
 from langchain_rtr.predictor.digests import record_digests, verify_digests
 from langchain_rtr.predictor.encoder import QuestionEncoder
-from langchain_rtr.predictor.predictor import (
-    CheckpointError,
-    Pair,
-    Prediction,
-    PredictorError,
-    RTRPredictor,
-    atomic_write,
-    read_json_object,
-)
+from langchain_rtr.predictor.predictor import RTRPredictor
+from langchain_rtr.predictor.types import CheckpointError, Pair, Prediction, PredictorError
 
 CASCADE_FILE = "cascade.json"
 CASCADE_FORMAT = "langchain-rtr-cascade"

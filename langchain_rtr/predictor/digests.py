@@ -14,6 +14,8 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+from langchain_rtr.predictor.types import CheckpointError
+
 DIGEST_FILE = "digests.json"
 DIGEST_FORMAT = "langchain-rtr-digests"
 _CHUNK = 1 << 20
@@ -45,9 +47,6 @@ def verify_digests(directory: str | Path) -> None:
         CheckpointError: A recorded file is missing or its bytes changed (the message names
             the file), or ``digests.json`` itself is unreadable.
     """
-    # Imported here: the predictor module imports this one.
-    from langchain_rtr.predictor.predictor import CheckpointError
-
     root = Path(directory)
     path = root / DIGEST_FILE
     if not path.is_file():

@@ -30,7 +30,7 @@ from langchain_rtr.predictor import (
     default_encoder,
 )
 from langchain_rtr.predictor.digests import DIGEST_FILE
-from langchain_rtr.predictor.predictor import member_seeds
+from langchain_rtr.predictor.training import member_seeds
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
