@@ -20,6 +20,8 @@ Properties the collection guarantees:
       remaining cells stay missing (a rerun does them) instead of each waiting out its retries.
     * **Retries**: endpoint failures only (see :func:`~langchain_rtr.runnable.is_endpoint_failure`),
       with exponential backoff (tenacity).
+
+The output file, the summary and the progress bar live in :mod:`langchain_rtr.collection`.
 """
 
 from __future__ import annotations
@@ -27,16 +29,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
-import math
 import os
 import signal
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -49,10 +48,19 @@ from tenacity import (
     wait_exponential,
 )
 
+from langchain_rtr.collection.output import (
+    RecordWriter,
+    check_out_path,
+    collected_records,
+    collected_routing_set,
+    final_by_cell,
+    pair_stats,
+    repair_tail,
+)
+from langchain_rtr.collection.progress import CollectProgress
+from langchain_rtr.collection.results import Cell, CollectError, CollectSummary, PairStats
 from langchain_rtr.data.io import read_records
-from langchain_rtr.data.matrix import RoutingSet
-from langchain_rtr.data.records import RecordError, RoutingRecord
-from langchain_rtr.errors import ConfigError
+from langchain_rtr.data.records import RoutingRecord
 from langchain_rtr.models import chat_model_for
 from langchain_rtr.questions import Question
 from langchain_rtr.runnable import is_endpoint_failure
@@ -78,272 +86,8 @@ logger = logging.getLogger(__name__)
 PAPER_STRATEGIES: tuple[str, ...] = ("direct", "cot", "cod", "pal")
 """The four strategies of the paper, run for every model by default."""
 
-Cell = tuple[str, str, str]
-"""(question_id, model, strategy): what one call covers and what resuming keys on."""
-
 DEFAULT_MAX_TOKENS = 512
 DEFAULT_REQUEST_TIMEOUT_S = 300.0
-
-
-class CollectError(ConfigError):
-    """The collection cannot start: bad output path, unknown model or strategy, empty grid."""
-
-
-@dataclass
-class PairStats:
-    """What the output file holds for one (model, strategy) pair of the grid.
-
-    Attributes:
-        cells: Cells of the grid for this pair.
-        ok: Cells with a successful (graded) record.
-        correct: Sum of scores over ``ok`` cells.
-        output_tokens: Sum of output tokens over ``ok`` cells that report them.
-        errors: Cells whose last record is an error.
-    """
-
-    cells: int = 0
-    ok: int = 0
-    correct: float = 0.0
-    output_tokens: int = 0
-    errors: int = 0
-
-    @property
-    def accuracy(self) -> float:
-        """Mean score of the successful cells (NaN when none)."""
-        return self.correct / self.ok if self.ok else math.nan
-
-    @property
-    def mean_output_tokens(self) -> float:
-        """Mean output tokens of the successful cells (NaN when none)."""
-        return self.output_tokens / self.ok if self.ok else math.nan
-
-    @property
-    def missing(self) -> int:
-        """Cells with no record at all."""
-        return self.cells - self.ok - self.errors
-
-
-@dataclass
-class CollectSummary:
-    """What one :func:`collect` run did, and where the file stands afterwards.
-
-    Attributes:
-        out_path: The JSONL file.
-        cells: Cells in the grid (questions x applicable pairs).
-        done_before: Cells that already had a successful record when the run started.
-        attempted: Cells this run finished a call for (success or error).
-        succeeded: Of those, calls that returned an answer (graded).
-        failed: Of those, calls recorded as errors.
-        not_run: Cells this run left without a record (interrupted, or endpoint abandoned).
-        interrupted: The run was stopped (Ctrl-C) before the grid was done.
-        abandoned: Endpoints given up on after too many failures in a row.
-        skipped_pairs: Pairs not run, with why (a thinking strategy on a non-reasoning model).
-        repaired_bytes: Bytes of a partial last line cut from the file before the run.
-        elapsed_s: Wall-clock seconds.
-        pairs: Per pair ``"model/strategy"``: the state of the file after the run.
-    """
-
-    out_path: Path
-    cells: int = 0
-    done_before: int = 0
-    attempted: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    not_run: int = 0
-    interrupted: bool = False
-    abandoned: list[str] = field(default_factory=list)
-    skipped_pairs: dict[str, str] = field(default_factory=dict)
-    repaired_bytes: int = 0
-    elapsed_s: float = 0.0
-    pairs: dict[str, PairStats] = field(default_factory=dict)
-
-    @property
-    def complete(self) -> bool:
-        """Whether every cell of the grid now has a successful record."""
-        return all(p.ok == p.cells for p in self.pairs.values())
-
-    @property
-    def remaining(self) -> int:
-        """Cells still without a successful record (a rerun would do these)."""
-        return sum(p.cells - p.ok for p in self.pairs.values())
-
-    def format(self) -> str:
-        """A plain-text summary: counts, then one line per pair."""
-        state = "interrupted" if self.interrupted else "complete" if self.complete else "partial"
-        lines = [
-            f"collect {state}: {self.out_path}",
-            f"  cells {self.cells}: {self.done_before} done before, {self.attempted} run now "
-            f"({self.succeeded} ok, {self.failed} errors), {self.not_run} not run; "
-            f"{self.remaining} still to do; {self.elapsed_s:.1f} s",
-        ]
-        if self.repaired_bytes:
-            lines.append(f"  cut a partial last line ({self.repaired_bytes} bytes) before resuming")
-        for endpoint in self.abandoned:
-            lines.append(f"  gave up on endpoint {endpoint} after repeated failures")
-        for pair, why in self.skipped_pairs.items():
-            lines.append(f"  skipped {pair}: {why}")
-        if self.pairs:
-            width = max(len(p) for p in self.pairs)
-            lines.append(
-                f"  {'pair':<{width}}  {'ok':>5} {'err':>4} {'miss':>5} {'acc':>6} {'out tok':>8}"
-            )
-            for name, p in self.pairs.items():
-                acc = f"{p.accuracy:.3f}" if p.ok else "-"
-                tok = f"{p.mean_output_tokens:.1f}" if p.ok else "-"
-                lines.append(
-                    f"  {name:<{width}}  {p.ok:>5} {p.errors:>4} {p.missing:>5} {acc:>6} {tok:>8}"
-                )
-        return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- the output file
-def repair_tail(path: str | os.PathLike[str]) -> int:
-    """Make the file end on a complete line; returns the bytes cut (0 if none).
-
-    A crash in the middle of a write leaves a partial last line. If that line is a whole JSON
-    object (only the newline is missing) the newline is added; otherwise the partial line is cut
-    and a warning logged: its call is redone by the next run, so nothing is lost silently.
-    """
-    file = Path(path)
-    if not file.is_file():
-        return 0
-    with file.open("rb+") as f:
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        if size == 0:
-            return 0
-        f.seek(size - 1)
-        if f.read(1) == b"\n":
-            return 0
-        # find the start of the last line
-        chunk = 1 << 16
-        pos = size
-        start = 0
-        while pos > 0:
-            read_from = max(0, pos - chunk)
-            f.seek(read_from)
-            block = f.read(pos - read_from)
-            nl = block.rfind(b"\n")
-            if nl >= 0:
-                start = read_from + nl + 1
-                break
-            pos = read_from
-        f.seek(start)
-        tail = f.read()
-        try:
-            row = json.loads(tail.decode("utf-8"))
-            RoutingRecord.from_dict(row)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecordError, TypeError):
-            f.truncate(start)
-            f.flush()
-            os.fsync(f.fileno())
-            logger.warning(
-                "%s: cut a partial last line of %d bytes (a crash mid-write); its call will be "
-                "run again",
-                file,
-                len(tail),
-            )
-            return len(tail)
-        f.seek(size)
-        f.write(b"\n")
-        f.flush()
-        os.fsync(f.fileno())
-        return 0
-
-
-class _Writer:
-    """Appends records, one line per call, each written whole and made durable."""
-
-    def __init__(self, path: Path, fsync: bool) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self._fsync = fsync
-
-    def write(self, record: RoutingRecord) -> None:
-        line = json.dumps(record.to_dict(), ensure_ascii=False, allow_nan=False) + "\n"
-        data = line.encode("utf-8")
-        view = memoryview(data)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
-        if self._fsync:
-            os.fsync(self._fd)
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            with contextlib.suppress(OSError):
-                os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = -1
-
-
-def _check_out_path(out_path: str | os.PathLike[str]) -> Path:
-    path = Path(out_path)
-    if path.suffix.lower() not in (".jsonl", ".ndjson"):
-        raise CollectError(
-            f"{path}: the collection output must be a .jsonl file (appended line by line); "
-            "convert it to a routing set afterwards with collected_routing_set()"
-        )
-    if path.exists() and not path.is_file():
-        raise CollectError(f"{path}: exists and is not a file")
-    return path
-
-
-def _final_by_cell(records: Sequence[RoutingRecord]) -> dict[Cell, RoutingRecord]:
-    """The record that counts for each cell: the first success, else the last error."""
-    final: dict[Cell, RoutingRecord] = {}
-    for r in records:
-        cell = (r.key, r.model, r.strategy)
-        old = final.get(cell)
-        if old is None or (not old.ok):
-            final[cell] = r
-    return final
-
-
-def collected_records(path: str | os.PathLike[str]) -> list[RoutingRecord]:
-    """The records of a collection file, one per cell: successes, and errors never redone.
-
-    A cell that failed and then succeeded on a rerun keeps only its success; if a file somehow
-    holds two successes of one cell (two runs at once), the first is kept.
-    """
-    file = Path(path)
-    repair_tail(file)
-    return list(_final_by_cell(read_records(file).records).values())
-
-
-def collected_routing_set(
-    path: str | os.PathLike[str],
-    name: str,
-    models: Mapping[str, ModelSpec],
-    strategies: Sequence[Strategy] | Mapping[str, str],
-    *,
-    attribution: str = "",
-    include_errors: bool = False,
-) -> RoutingSet:
-    """A :class:`RoutingSet` from a collection file, ready for ``save_routing_set``.
-
-    Args:
-        path: The JSONL written by :func:`collect`.
-        name: The set's name.
-        models: Specs of the models (descriptions, prices); endpoints and keys are dropped.
-        strategies: The strategies (or name -> description) the records use.
-        attribution: Text of ATTRIBUTION.md.
-        include_errors: Keep cells whose only record is an error (``score=None``).
-    """
-    records = [r for r in collected_records(path) if include_errors or r.ok]
-    used_models = {r.model for r in records}
-    specs = {
-        n: s.model_copy(update={"base_url": None, "api_key": None, "served_name": None})
-        for n, s in models.items()
-        if n in used_models
-    }
-    if isinstance(strategies, Mapping):
-        descriptions = dict(strategies)
-    else:
-        descriptions = {s.name: s.description for s in strategies}
-    used_strategies = {r.strategy for r in records}
-    descriptions = {k: v for k, v in descriptions.items() if k in used_strategies}
-    return RoutingSet(name, records, specs, descriptions, attribution)
 
 
 # --------------------------------------------------------------------------- planning
@@ -391,68 +135,6 @@ def _describe_error(exc: BaseException) -> str:
     if len(text) > 400:
         text = text[:397] + "..."
     return f"{type(exc).__name__}: {text}"
-
-
-# --------------------------------------------------------------------------- progress
-class _Progress:
-    """A rich progress bar (rate, ETA, ok/error counts) or nothing."""
-
-    def __init__(self, enabled: bool, total: int, description: str) -> None:
-        self._progress: Any = None
-        self._task: Any = None
-        self.ok = 0
-        self.errors = 0
-        if not enabled:
-            return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            ProgressColumn,
-            Task,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-        from rich.text import Text
-
-        class RateColumn(ProgressColumn):
-            def render(self, task: Task) -> Text:
-                speed = task.finished_speed or task.speed
-                if speed is None:
-                    return Text("- calls/s", style="progress.data.speed")
-                if speed < 1:
-                    return Text(f"{speed * 60:.1f} calls/min", style="progress.data.speed")
-                return Text(f"{speed:.2f} calls/s", style="progress.data.speed")
-
-        self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("[green]{task.fields[ok]} ok[/] [red]{task.fields[err]} err[/]"),
-            RateColumn(),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=False,
-        )
-        self._progress.start()
-        self._task = self._progress.add_task(description, total=total, ok=0, err=0)
-
-    def advance(self, ok: bool) -> None:
-        if ok:
-            self.ok += 1
-        else:
-            self.errors += 1
-        if self._progress is not None:
-            self._progress.update(self._task, advance=1, ok=self.ok, err=self.errors)
-
-    def stop(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
 
 
 # --------------------------------------------------------------------------- the run
@@ -558,7 +240,7 @@ async def collect(
         RecordError: The existing output file has a malformed line (file:line in the message).
     """
     started = time.monotonic()
-    path = _check_out_path(out_path)
+    path = check_out_path(out_path)
     if not questions:
         raise CollectError("no questions to collect")
     if not models:
@@ -588,7 +270,7 @@ async def collect(
     summary = CollectSummary(out_path=path, skipped_pairs=skipped)
     summary.repaired_bytes = repair_tail(path)
     existing = read_records(path).records if path.is_file() else []
-    done = {cell for cell, r in _final_by_cell(existing).items() if r.ok}
+    done = {cell for cell, r in final_by_cell(existing).items() if r.ok}
 
     # question-major order per endpoint: a partial run covers whole questions
     endpoints: dict[str, _Endpoint] = {}
@@ -606,8 +288,8 @@ async def collect(
             endpoints[key] = _Endpoint(key, asyncio.Queue())
         endpoints[key].queue.put_nowait(job)
 
-    writer = _Writer(path, fsync)
-    bar = _Progress(progress and bool(todo), len(todo), f"collect {path.name}")
+    writer = RecordWriter(path, fsync)
+    bar = CollectProgress(progress and bool(todo), len(todo), f"collect {path.name}")
     failed_hard: list[BaseException] = []
 
     async def call(job: _Job) -> tuple[AIMessage, float]:
@@ -756,28 +438,9 @@ async def collect(
         await http_client.aclose()
 
     summary.not_run = len(todo) - summary.attempted
-    summary.pairs = _pair_stats(path, grid)
+    summary.pairs = pair_stats(path, [job.cell for job in grid])
     summary.elapsed_s = time.monotonic() - started
     return summary
-
-
-def _pair_stats(path: Path, grid: Sequence[_Job]) -> dict[str, PairStats]:
-    records = read_records(path).records if path.is_file() else []
-    final = _final_by_cell(records)
-    stats: dict[str, PairStats] = defaultdict(PairStats)
-    for job in grid:
-        p = stats[f"{job.model}/{job.strategy.name}"]
-        p.cells += 1
-        r = final.get(job.cell)
-        if r is None:
-            continue
-        if r.ok and r.score is not None:
-            p.ok += 1
-            p.correct += r.score
-            p.output_tokens += r.output_tokens or 0
-        else:
-            p.errors += 1
-    return dict(stats)
 
 
 # --------------------------------------------------------------------------- sync entry point
