@@ -521,7 +521,7 @@ def test_int8_builds_its_fp32_parent_first_without_deadlock(
     """Asking for int8 in an empty cache builds onnx first, under the same build lock."""
     import threading
 
-    from langchain_rtr.predictor import backends as b
+    from langchain_rtr.predictor import artifacts as b  # where the build steps live
 
     def fake_export(source: Path, out: Path) -> list[str]:
         (out / "model.onnx").write_bytes(b"fp32")
