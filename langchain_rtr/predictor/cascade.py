@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from langchain_rtr.inputs import check_questions
-from langchain_rtr.predictor.checkpoint import atomic_write, read_json_object
+from langchain_rtr.jsonfile import read_json_object
+from langchain_rtr.predictor.checkpoint import atomic_write
 from langchain_rtr.predictor.digests import record_digests, verify_digests
 from langchain_rtr.predictor.encoder import QuestionEncoder
 from langchain_rtr.predictor.predictor import RTRPredictor
@@ -227,7 +228,7 @@ class CascadePredictor:
                     "encoders a checkpoint cannot rebuild, or train a new cascade)"
                 )
             kwargs.pop(key, None)
-        config = read_json_object(path)
+        config = read_json_object(path, CheckpointError)
         if config.get("format") != CASCADE_FORMAT:
             raise CheckpointError(f"{path}: not a {CASCADE_FORMAT} file")
         if config.get("format_version") != CASCADE_VERSION:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from langchain_rtr.jsonfile import read_json_object
 from langchain_rtr.predictor.backends import (
     backend_of_id,
     checkpoint_encoder,
@@ -213,18 +214,7 @@ def _read_config(directory: Path) -> dict[str, Any]:
     path = directory / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{directory} is not a predictor checkpoint: no {CONFIG_FILE}")
-    return read_json_object(path)
-
-
-def read_json_object(path: Path) -> dict[str, Any]:
-    """A checkpoint's JSON file as a dict; any failure is a :class:`CheckpointError` naming it."""
-    try:
-        config = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, found {type(config).__name__}")
-    return config
+    return read_json_object(path, CheckpointError)
 
 
 def _check_names(

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from langchain_rtr.errors import RoutingError
+from langchain_rtr.jsonfile import read_json_object
 from langchain_rtr.routing.policies import policy_from_dict
 from langchain_rtr.routing.router import RTRRouter
 from langchain_rtr.routing.types import (
@@ -80,7 +81,7 @@ def load_router(
     """
     root = Path(directory)
     importlib.import_module(_DIGESTS).verify_digests(root)
-    config = _read_json(root / "router.json")
+    config = read_json_object(root / "router.json", RoutingError)
     if config.get("format") != ROUTER_FORMAT:
         raise RoutingError(f"{root / 'router.json'}: not a langchain-rtr router file")
     if int(config.get("version", 0)) > ROUTER_FORMAT_VERSION:
@@ -88,7 +89,7 @@ def load_router(
             f"{root / 'router.json'}: format version {config.get('version')} is newer than "
             f"this library reads ({ROUTER_FORMAT_VERSION})"
         )
-    saved = _read_json(root / "models.json")
+    saved = read_json_object(root / "models.json", RoutingError)
     try:
         specs = {name: ModelSpec.model_validate(spec) for name, spec in saved.items()}
     except ValueError as exc:
@@ -117,15 +118,3 @@ def load_router(
         else None,
         strategy_overhead_tokens=config.get("strategy_overhead_tokens") or None,
     )
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise RoutingError(f"{path}: missing") from exc
-    except json.JSONDecodeError as exc:
-        raise RoutingError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from exc
-    if not isinstance(data, dict):
-        raise RoutingError(f"{path}: expected a JSON object")
-    return data
