@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from fastapi.responses import Response
-from langchain_core.messages import AIMessage, AIMessageChunk, convert_to_openai_messages
+from langchain_core.messages import AIMessage, AIMessageChunk
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from langchain_rtr.dispatch import (
@@ -26,6 +26,13 @@ from langchain_rtr.errors import ConfigError, UnknownPairError
 from langchain_rtr.server.batching import RouteBatcher
 from langchain_rtr.server.errors import OpenAIError, bad_request
 from langchain_rtr.server.jsonio import FastJSONResponse, dumps
+from langchain_rtr.server.responses import (
+    chunk_body,
+    completion_body,
+    finish_reason,
+    tool_call_deltas,
+    usage_body,
+)
 from langchain_rtr.server.schemas import (
     ChatCompletionRequest,
     ServerSettings,
@@ -56,17 +63,6 @@ class Timing:
 def rounded(x: float | None, nd: int = 6) -> float | None:
     """``x`` rounded, None where it is missing or not finite."""
     return None if x is None or not math.isfinite(x) else round(x, nd)
-
-
-def openai_usage(result: RTRResult) -> dict[str, int] | None:
-    """The result's usage in OpenAI's shape."""
-    if result.usage is None:
-        return None
-    return {
-        "prompt_tokens": result.usage.input_tokens,
-        "completion_tokens": result.usage.output_tokens,
-        "total_tokens": result.usage.total_tokens,
-    }
 
 
 def rtr_field(result: RTRResult, timing: Timing, now: float) -> dict[str, Any]:
@@ -163,37 +159,6 @@ def attempt_config(config: Mapping[str, Any], attempt: Attempt) -> Any:
     }
 
 
-def openai_message(message: AIMessage) -> dict[str, Any]:
-    """The answer as OpenAI's assistant message: its text, and its tool calls if any."""
-    if not message.tool_calls:
-        return {"role": "assistant", "content": message.text}
-    body = convert_to_openai_messages(message)
-    return {"role": "assistant", "content": message.text or None, "tool_calls": body["tool_calls"]}
-
-
-def tool_call_deltas(chunk: AIMessageChunk) -> list[dict[str, Any]]:
-    """A chunk's tool call pieces as OpenAI's ``delta.tool_calls`` (id and name once, first)."""
-    deltas: list[dict[str, Any]] = []
-    for i, piece in enumerate(chunk.tool_call_chunks):
-        index = piece.get("index")
-        delta: dict[str, Any] = {"index": index if index is not None else i}
-        if piece.get("id"):
-            delta["id"] = piece["id"]
-            delta["type"] = "function"
-        function = {k: piece[k] for k in ("name", "args") if piece.get(k) is not None}
-        if "args" in function:
-            function["arguments"] = function.pop("args")
-        delta["function"] = function
-        deltas.append(delta)
-    return deltas
-
-
-def finish_reason(message: AIMessage) -> str:
-    """OpenAI's finish reason of a message (`stop` when the backend gave none)."""
-    reason = message.response_metadata.get("finish_reason")
-    return reason if isinstance(reason, str) and reason else "stop"
-
-
 class RoutedAnswers:
     """Answers requests for the route name through the runnable's dispatch engine."""
 
@@ -255,22 +220,9 @@ class RoutedAnswers:
             raise failure_error(result, timing)
         now = time.perf_counter()
         rtr = rtr_field(result, timing, now)
-        body = {
-            "id": completion_id,
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": result.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": openai_message(result.message),
-                    "logprobs": None,
-                    "finish_reason": finish_reason(result.message),
-                }
-            ],
-            "usage": openai_usage(result),
-            "rtr": rtr,
-        }
+        body = completion_body(
+            completion_id, int(time.time()), result.model, result.message, usage_body(result), rtr
+        )
         headers = decision_headers(
             result.model, result.strategy, result.routing, len(result.fallbacks), timing
         )
@@ -340,19 +292,17 @@ class RoutedAnswers:
         created_at = int(time.time())
 
         def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-            body: dict[str, Any] = {
-                "id": completion_id,
-                "object": "chat.completion.chunk",
-                "created": created_at,
-                "model": model,
-                "choices": [
-                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-                ],
-            }
-            if include_usage:
-                body["usage"] = None
-            body.update(extra)
-            return dumps(body)
+            return dumps(
+                chunk_body(
+                    completion_id,
+                    created_at,
+                    model,
+                    delta,
+                    finish,
+                    include_usage=include_usage,
+                    **extra,
+                )
+            )
 
         def error_events(err: OpenAIError) -> list[ServerSentEvent]:
             """OpenAI's way to end a stream that failed after its headers: error, [DONE]."""
@@ -381,7 +331,7 @@ class RoutedAnswers:
                 rtr = rtr_field(result, timing, time.perf_counter())
                 yield ServerSentEvent(chunk({}, finish_reason(result.message), rtr=rtr))
                 if include_usage:
-                    usage = openai_usage(result)
+                    usage = usage_body(result)
                     yield ServerSentEvent(chunk({}, None, choices=[], usage=usage, rtr=rtr))
                 yield ServerSentEvent("[DONE]")
             except Exception as exc:  # a bug, not a backend: still end the stream cleanly

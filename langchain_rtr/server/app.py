@@ -31,9 +31,10 @@ the request's sampling fields (`max_tokens`, `temperature`, `stop`, ...) must re
 model, the backend's time must be measured per call, and concurrent requests are routed in
 batches. `RTRChatModel` uses the same engine; knobs go through the one knob parser.
 
-Parts: `app` (this app and `run_server`), `schemas` (request models, knobs, messages), `errors`
-(OpenAI's error body), `auth` (the API key), `passthrough`, `answers` (routed answers, whole and
-streamed), `batching` (routing concurrent requests together), `stats`.
+Parts: `app` (this app and `run_server`), `schemas` (request models, knobs, messages),
+`responses` (the bodies, in the `openai` package's shapes), `errors` (OpenAI's error body),
+`auth` (the API key), `passthrough`, `answers` (routed answers, whole and streamed), `batching`
+(routing concurrent requests together), `stats`.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ from langchain_rtr.server.batching import RouteBatcher
 from langchain_rtr.server.errors import OpenAIError, bad_request, validation_error
 from langchain_rtr.server.passthrough import passthrough
 from langchain_rtr.server.pooling import pooled_engine, pooled_http_client
+from langchain_rtr.server.responses import model_card, model_list
 from langchain_rtr.server.schemas import ChatCompletionRequest, ServerSettings, parse_rtr_model
 from langchain_rtr.server.stats import CountingMiddleware, Stats
 from langchain_rtr.specs import ModelSpec
@@ -289,22 +291,19 @@ def create_app(
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    def model_card(name: str, owner: str) -> dict[str, Any]:
-        return {"id": name, "object": "model", "created": created, "owned_by": owner}
-
-    def model_list() -> list[dict[str, Any]]:
-        cards = [model_card(cfg.route_name, "langchain-rtr")]
+    def model_cards() -> list[dict[str, Any]]:
+        cards = [model_card(cfg.route_name, created, "langchain-rtr")]
         if cfg.passthrough:
-            cards += [model_card(n, "backend") for n in sorted(backends or {})]
+            cards += [model_card(n, created, "backend") for n in sorted(backends or {})]
         return cards
 
     @app.get("/v1/models", dependencies=guarded)
     async def list_models(request: Request) -> dict[str, Any]:
-        return {"object": "list", "data": model_list()}
+        return model_list(model_cards())
 
     @app.get("/v1/models/{model_id:path}", dependencies=guarded)
     async def get_model(model_id: str, request: Request) -> dict[str, Any]:
-        for card in model_list():
+        for card in model_cards():
             if card["id"] == model_id:
                 return card
         raise OpenAIError(
