@@ -365,7 +365,7 @@ def load_routing_set(directory: Folder, *, name: str | None = None) -> RoutingSe
     records = list(_iter_table_rows(table, records_file, RowSink(False)))
 
     models_file = folder / MODELS_FILE
-    models_raw = _read_json(models_file)
+    models_raw = read_json(models_file)
     if not isinstance(models_raw, list):
         raise located(models_file, None, "expected a JSON list of model specs")
     models: dict[str, ModelSpec] = {}
@@ -379,7 +379,7 @@ def load_routing_set(directory: Folder, *, name: str | None = None) -> RoutingSe
         models[spec.name] = spec
 
     strategies_file = folder / STRATEGIES_FILE
-    strategies = _read_json(strategies_file)
+    strategies = read_json(strategies_file)
     if not isinstance(strategies, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in strategies.items()
     ):
@@ -393,7 +393,8 @@ def load_routing_set(directory: Folder, *, name: str | None = None) -> RoutingSe
         raise located(folder, None, str(exc)) from exc
 
 
-def _read_json(file: Path | Traversable) -> Any:
+def read_json(file: Path | Traversable) -> Any:
+    """A JSON data file's value; a missing file or bad JSON is a :class:`RecordError` naming it."""
     if not file.is_file():
         raise located(file, None, "missing")
     try:

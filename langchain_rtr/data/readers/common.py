@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from langchain_rtr.data.io import located, read_utf8
+from langchain_rtr.data.io import located, read_json
 from langchain_rtr.data.records import RecordError
 
 TokenCounter = Callable[[str], int]
@@ -53,10 +52,7 @@ def number(value: Any, what: str) -> float:
 
 def json_object_file(path: Path, what: str) -> dict[str, Any]:
     """A JSON file that holds one object (a price or model table); errors name the file."""
-    try:
-        table = json.loads(read_utf8(path))
-    except json.JSONDecodeError as exc:
-        raise located(path, exc.lineno, f"bad JSON: {exc.msg}") from exc
+    table = read_json(path)
     if not isinstance(table, dict):
         raise located(path, 1, f"expected a JSON object of {what}")
     return table
