@@ -8,13 +8,20 @@ ROUTING_CHECK := .build/routing-check
 
 .PHONY: setup servers demo test unit integration lint bench routing-check
 
-# torch goes in first and pinned: on a machine without a GPU, 2.13.0 is a CPU wheel, while an
-# unpinned torch (asked for by sentence-transformers) would pull a CUDA build of several GB.
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[train,dev,agents]'
+# Installed from uv.lock, the versions CI tested (`--locked` fails when pyproject.toml changed
+# and the lock was not renewed: `$(UV) lock`). uv itself comes from PyPI into its own small venv.
+# torch is the CPU wheel the lock names (pyproject.toml, [tool.uv]).
+UV_VERSION := 0.13.9
+UV := .build/uv/bin/uv
+export UV_PYTHON_DOWNLOADS := never
+
+$(UV):
+	$(PYTHON) -m venv .build/uv
+	.build/uv/bin/pip install --quiet uv==$(UV_VERSION)
+
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --quiet --python $(PYTHON) \
+		--extra train --extra dev --extra agents
 	touch $@
 
 setup: $(VENV)/.installed
