@@ -32,6 +32,10 @@ DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_QUESTION_CHARS = 100_000
 """Longest routed question (400 above): about 25k tokens, past any small model's context."""
 
+DEFAULT_HEADER_TIMEOUT_S = 5.0
+"""Seconds to send a request's line and headers (the connection is closed after): a client
+sends them in one write, so only a stalled or hostile one (slowloris) comes near it."""
+
 RTR_KNOBS: dict[str, str] = {k: v for k, v in KNOBS.items() if k != "policy"}
 """The routing knobs a request may set, in the model name or in the body's `rtr` object."""
 
@@ -298,6 +302,9 @@ class ServerSettings(BaseModel):
         max_body_bytes: Largest request body; larger ones get 413 before being read.
         max_question_chars: Longest routed question; longer ones get 400.
         body_timeout_s: Seconds a client may take to send its body (408 after).
+        header_timeout_s: Seconds a client may take to send a request's line and headers,
+            from the connection's opening or the request's first byte; the connection is
+            closed after (a keep-alive connection's wait between requests is not counted).
         passthrough: Whether requests naming a backend model go to it directly.
         passthrough_timeout_s: Longest wait for a non-streamed pass-through answer (a streamed
             one is bounded by the backend's connect and first-byte timeouts, like routed calls).
@@ -312,6 +319,7 @@ class ServerSettings(BaseModel):
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, gt=0)
     max_question_chars: int = Field(default=DEFAULT_MAX_QUESTION_CHARS, gt=0)
     body_timeout_s: float = Field(default=30.0, gt=0)
+    header_timeout_s: float = Field(default=DEFAULT_HEADER_TIMEOUT_S, gt=0, allow_inf_nan=False)
     passthrough: bool = True
     passthrough_timeout_s: float = Field(default=300.0, gt=0)
     stats: bool = True
