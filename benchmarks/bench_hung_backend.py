@@ -61,7 +61,11 @@ from bench_server_load import (  # noqa: E402  (the benchmarks folder is not a p
     wait_http,
 )
 
-from langchain_rtr.models import DEFAULT_MAX_RETRIES  # noqa: E402
+from langchain_rtr.models import (  # noqa: E402
+    DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_FIRST_BYTE_TIMEOUT_S,
+    DEFAULT_MAX_RETRIES,
+)
 from langchain_rtr.server import ServerSettings  # noqa: E402
 from langchain_rtr.specs import ModelSpec  # noqa: E402
 
@@ -351,9 +355,13 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=60.0, help="seconds per variant")
     ap.add_argument("--variants", default="silent,headers", help=f"of {','.join(VARIANTS)}")
     ap.add_argument("--stream-fraction", type=float, default=0.5)
-    ap.add_argument("--connect-timeout", type=float, default=1.0, help="the backends' (s)")
-    ap.add_argument("--first-byte-timeout", type=float, default=2.0, help="the backends' (s)")
-    ap.add_argument("--passthrough-timeout", type=float, default=6.0, help="the server's (s)")
+    ap.add_argument(
+        "--connect-timeout", type=float, default=DEFAULT_CONNECT_TIMEOUT_S, help="backends' (s)"
+    )
+    ap.add_argument(
+        "--first-byte-timeout", type=float, default=DEFAULT_FIRST_BYTE_TIMEOUT_S, help="(s)"
+    )
+    ap.add_argument("--passthrough-timeout", type=float, default=30.0, help="the server's (s)")
     ap.add_argument("--header-timeout", type=float, default=ServerSettings().header_timeout_s)
     ap.add_argument(
         "--healthy-s",

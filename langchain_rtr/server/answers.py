@@ -291,6 +291,9 @@ class RoutedAnswers:
     def record(self, result: RTRResult) -> None:
         """Count the answer in the stats, and its failed backends in their health."""
         self.health.observe(result)
+        if result.message is None:
+            tried = "; ".join(f"{f.model}: {f.error_type}: {f.error}" for f in result.fallbacks)
+            log.warning("routed call %s: no backend answered (%s)", result.call_id, tried)
         stats = self.stats
         stats.fallbacks += len(result.fallbacks)
         if result.message is not None:
