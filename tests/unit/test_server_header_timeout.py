@@ -168,3 +168,27 @@ def test_the_protocol_reaches_worker_processes_with_its_bound() -> None:
     again = pickle.loads(pickle.dumps(header_timeout_protocol(2.5)))
     assert again.func is HttpToolsHeaderTimeout  # type: ignore[attr-defined]
     assert again.keywords == {"header_timeout_s": 2.5}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        ([], {}, None),
+        (["--header-timeout", "2.5"], {}, 2.5),
+        ([], {"RTR_HEADER_TIMEOUT_S": "7"}, 7),
+    ],
+)
+def test_serve_router_passes_the_header_timeout_on(
+    monkeypatch: pytest.MonkeyPatch, args: list[str], env: dict[str, str], expected: float | None
+) -> None:
+    from typer.testing import CliRunner
+
+    import langchain_rtr.server
+    from langchain_rtr.cli.main import app
+
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(langchain_rtr.server, "run_server", lambda *a, **kw: seen.update(kw))
+    monkeypatch.delenv("RTR_HEADER_TIMEOUT_S", raising=False)
+    result = CliRunner().invoke(app, ["serve-router", *args], env=env)
+    assert result.exit_code == 0, result.output
+    assert seen.get("header_timeout_s") == expected
