@@ -54,15 +54,16 @@ bench: setup
 
 # The package as published: `python -m build` (sdist + wheel) and `twine check`; then the
 # routing-only install (`pip install langchain-rtr`, no [train] extra, so no torch), the wheel in
-# a fresh venv: it must load a router the full install trained, and route, run the
-# LangChain / LangGraph layers and serve with it (scripts/check_routing_install.py).
-routing-check: setup
+# a fresh venv (installed by uv: PyPI's latest, as pip would pick, not the lock): it must load
+# a router the full install trained, and route, run the LangChain / LangGraph layers and serve
+# with it (scripts/check_routing_install.py).
+routing-check: setup | $(UV)
 	rm -rf $(ROUTING_VENV) $(ROUTING_CHECK)
 	mkdir -p $(ROUTING_CHECK)
 	$(BIN)/python -m build --outdir $(ROUTING_CHECK)/dist . > $(ROUTING_CHECK)/build.log
 	$(BIN)/twine check --strict $(ROUTING_CHECK)/dist/*
-	$(PYTHON) -m venv $(ROUTING_VENV)
-	$(ROUTING_VENV)/bin/pip install --quiet $(ROUTING_CHECK)/dist/langchain_rtr-*.whl
+	$(UV) venv --quiet --python $(PYTHON) $(ROUTING_VENV)
+	$(UV) pip install --quiet --python $(ROUTING_VENV)/bin/python $(ROUTING_CHECK)/dist/langchain_rtr-*.whl
 	HF_HUB_OFFLINE=1 $(BIN)/python scripts/check_routing_install.py train $(ROUTING_CHECK)/router
 	cd $(ROUTING_CHECK) && HF_HUB_OFFLINE=1 $(CURDIR)/$(ROUTING_VENV)/bin/python \
 		$(CURDIR)/scripts/check_routing_install.py route router
