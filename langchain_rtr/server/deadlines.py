@@ -13,10 +13,12 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
+from langchain_rtr.errors import RTRError
+
 T = TypeVar("T")
 
 
-class BackendDeadlineError(TimeoutError):
+class BackendDeadlineError(RTRError, TimeoutError):
     """A backend call ran past its total deadline."""
 
     def __init__(self, what: str, seconds: float) -> None:
