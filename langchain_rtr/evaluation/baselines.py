@@ -255,7 +255,7 @@ def oracle_choices(outcomes: Outcomes) -> np.ndarray:
 def _normalise_rows(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1.0)
+    return np.asarray(x / np.where(norms > 0, norms, 1.0))
 
 
 def knn_estimates(

@@ -35,7 +35,7 @@ class CalibrationError(RTRError, ValueError):
 def logit(probabilities: np.ndarray) -> np.ndarray:
     """Log-odds of probabilities clipped away from 0 and 1."""
     p = np.clip(np.asarray(probabilities, np.float64), _EPS, 1.0 - _EPS)
-    return np.log(p) - np.log1p(-p)
+    return np.asarray(np.log(p) - np.log1p(-p))
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ from langchain_rtr.data.matrix import OutcomeMatrix
 from langchain_rtr.predictor.calibration import PlattCalibration, member_validation_logits
 from langchain_rtr.predictor.encoder import QuestionEncoder, default_encoder
 from langchain_rtr.predictor.extras import require
+from langchain_rtr.predictor.members import MemberData, default_workers, train_members
 from langchain_rtr.predictor.types import (
     Pair,
     PredictorError,
@@ -97,8 +98,8 @@ def train_ensemble(
     progress: ProgressFn | None,
 ) -> TrainedEnsemble:
     """The body of :meth:`RTRPredictor.train <langchain_rtr.predictor.RTRPredictor.train>`."""
-    torch = require("torch", "training a predictor")
-    from langchain_rtr.predictor.model import RTREnsemble, RTRNet
+    require("torch", "training a predictor")
+    from langchain_rtr.predictor.model import RTREnsemble
 
     if not train.pairs:
         raise PredictorError("the training matrix has no (model, strategy) pairs")
@@ -125,7 +126,6 @@ def train_ensemble(
     encoder = encoder if encoder is not None else default_encoder()
     questions = encoder.encode([train.questions[i] for i in rows])
     descriptions = encoder.encode(model_texts + strategy_texts)
-    dim = questions.shape[1]
 
     length_scale: float | None = None
     log_tokens = np.full((rows.size, n_pairs), np.nan, np.float32)
@@ -137,67 +137,40 @@ def train_ensemble(
 
     model_index = {m: i for i, m in enumerate(models)}
     strategy_index = {s: i for i, s in enumerate(strategies)}
-    question_t = torch.from_numpy(np.ascontiguousarray(questions))
-    score_t = torch.from_numpy(score[rows])
-    length_t = torch.from_numpy(log_tokens / length_scale) if length_scale else None
+    data = MemberData(
+        model_text=descriptions[: len(models)],
+        strategy_text=descriptions[len(models) :],
+        pair_model=np.array([model_index[m] for m, _ in pairs], np.int64),
+        pair_strategy=np.array([strategy_index[s] for _, s in pairs], np.int64),
+        questions=questions,
+        score=score[rows],
+        length=log_tokens / length_scale if length_scale else None,
+        length_scale=length_scale,
+        config=config,
+    )
+    seeds = member_seeds(config.seed, config.ensemble)
+    workers = default_workers(config, rows.size * n_pairs)
+    runs = train_members(data, seeds, workers, progress)
     summary = TrainingSummary()
-    members: list[RTRNet] = []
     held_out: list[tuple[np.ndarray, np.ndarray]] = []  # (predicted, real) tokens
     validation_logits: list[tuple[np.ndarray, np.ndarray]] = []
-    for member, seed in enumerate(member_seeds(config.seed, config.ensemble)):
-        rng = np.random.default_rng(seed)
-        train_idx, val_idx = validation_split(rows.size, config.validation_fraction, rng)
-        with torch.random.fork_rng(devices=[]):  # seeded init, callers' RNG untouched
-            torch.manual_seed(seed)
-            net = RTRNet(
-                torch.from_numpy(descriptions[: len(models)]),
-                torch.from_numpy(descriptions[len(models) :]),
-                torch.tensor([model_index[m] for m, _ in pairs]),
-                torch.tensor([strategy_index[s] for _, s in pairs]),
-                question_dim=dim,
-                learnable_dim=config.learnable_dim,
-                hidden=config.hidden,
-                length_head=has_lengths,
-                embedding_std=config.embedding_std,
-            )
-        done = sum(summary.epochs)
-        on_epoch = (
-            None
-            if progress is None
-            else lambda epoch, tl, vl, done=done: progress(done + epoch, tl, vl)
-        )
-        with torch_threads(config.num_threads):
-            fit = fit_network(
-                net,
-                questions=question_t,
-                score=score_t,
-                length=length_t,
-                train_idx=train_idx,
-                val_idx=val_idx,
-                config=config,
-                rng=rng,
-                progress=on_epoch,
-            )
-        members.append(net)
-        if length_scale is not None and len(val_idx):
-            val_t = torch.from_numpy(val_idx)
-            predicted = predicted_tokens(net, question_t[val_t], length_scale)
-            held_out.append((predicted, tokens[rows][val_idx]))
-        if len(val_idx):
-            with torch.no_grad():
-                logits = net.raw(question_t[torch.from_numpy(val_idx)])[0].numpy()
-            validation_logits.append((val_idx, logits))
-        summary.epochs.append(fit.epochs)
-        summary.best_epochs.append(fit.best_epoch)
-        summary.best_validation_losses.append(fit.best_validation_loss)
-        summary.history += [(member, *row) for row in fit.history]
-        summary.train_questions, summary.validation_questions = len(train_idx), len(val_idx)
+    for member, run in enumerate(runs):
+        if run.val_tokens is not None:
+            held_out.append((run.val_tokens, tokens[rows][run.val_idx]))
+        if run.val_logits is not None:
+            validation_logits.append((run.val_idx, run.val_logits))
+        summary.epochs.append(run.epochs)
+        summary.best_epochs.append(run.best_epoch)
+        summary.best_validation_losses.append(run.best_validation_loss)
+        summary.history += [(member, *row) for row in run.history]
+        summary.train_questions = run.train_size
+        summary.validation_questions = len(run.val_idx)
     calibration = None
     if config.calibrate and validation_logits:
         held = member_validation_logits(validation_logits, rows.size, n_pairs)
         calibration = PlattCalibration.fit(held, score[rows])
     return TrainedEnsemble(
-        RTREnsemble(members),
+        RTREnsemble([run.net for run in runs]),
         pairs=pairs,
         models=models,
         strategies=strategies,

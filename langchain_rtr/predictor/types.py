@@ -90,6 +90,9 @@ class TrainConfig:
         calibrate: Fit one Platt map of P(correct) for all pairs on the members' validation
             parts (:mod:`~langchain_rtr.predictor.calibration`); needs
             ``validation_fraction > 0``.
+        workers: Processes the members train in at once (``None``: the usable cores, for a
+            training set big enough to gain; :mod:`~langchain_rtr.predictor.members`). The
+            weights do not depend on it.
     """
 
     learnable_dim: int = 64
@@ -107,6 +110,7 @@ class TrainConfig:
     num_threads: int | None = 1
     ensemble: int = 5
     calibrate: bool = True
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -123,6 +127,7 @@ class TrainConfig:
             "min_delta": self.min_delta >= 0,
             "num_threads": self.num_threads is None or self.num_threads >= 1,
             "ensemble": self.ensemble >= 1,
+            "workers": self.workers is None or self.workers >= 1,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

@@ -24,7 +24,9 @@ from langchain_rtr.dispatch import (
 from langchain_rtr.dispatch.tools import NoCapablePairError
 from langchain_rtr.errors import ConfigError, UnknownPairError
 from langchain_rtr.server.batching import RouteBatcher
+from langchain_rtr.server.deadlines import stream_within_deadline, within_deadline
 from langchain_rtr.server.errors import OpenAIError, bad_request
+from langchain_rtr.server.health import BackendHealth
 from langchain_rtr.server.jsonio import FastJSONResponse, dumps
 from langchain_rtr.server.responses import (
     chunk_body,
@@ -159,6 +161,11 @@ def attempt_config(config: Mapping[str, Any], attempt: Attempt) -> Any:
     }
 
 
+def what(attempt: Attempt) -> str:
+    """The attempt's backend, as errors name it."""
+    return f"backend {attempt.pair[0]!r} ({attempt.pair[1]})"
+
+
 class RoutedAnswers:
     """Answers requests for the route name through the runnable's dispatch engine."""
 
@@ -169,6 +176,7 @@ class RoutedAnswers:
         self.batcher = batcher
         self.stats = stats
         self.cfg = cfg
+        self.health = BackendHealth(cfg.backend_cooldown_s)
 
     async def answer(
         self, req: ChatCompletionRequest, knobs: dict[str, str], timing: Timing, rid: str
@@ -186,6 +194,7 @@ class RoutedAnswers:
             raise bad_request(str(exc), param, "no_capable_pair") from None
         except (ConfigError, UnknownPairError, ValueError, TypeError) as exc:
             raise bad_request(str(exc), "model", "invalid_rtr_knob") from None
+        lreq = self.health.restrict(self.engine, lreq)
         config: dict[str, Any] = {"metadata": {"rtr_request_id": rid}}
         t = time.perf_counter()
         try:
@@ -205,9 +214,10 @@ class RoutedAnswers:
             current.append(attempt)
             t_call = time.perf_counter()
             try:
-                return await attempt.model.ainvoke(
+                answer = attempt.model.ainvoke(
                     attempt.messages, attempt_config(config, attempt), **attempt.kwargs
                 )
+                return await within_deadline(answer, self.cfg.backend_deadline_s, what(attempt))
             finally:
                 timing.backend_s += time.perf_counter() - t_call
 
@@ -231,7 +241,11 @@ class RoutedAnswers:
         return FastJSONResponse(body, headers=headers)
 
     def record(self, result: RTRResult) -> None:
-        """Count the answer in the stats."""
+        """Count the answer in the stats, and its failed backends in their health."""
+        self.health.observe(result)
+        if result.message is None:
+            tried = "; ".join(f"{f.model}: {f.error_type}: {f.error}" for f in result.fallbacks)
+            log.warning("routed call %s: no backend answered (%s)", result.call_id, tried)
         stats = self.stats
         stats.fallbacks += len(result.fallbacks)
         if result.message is not None:
@@ -257,9 +271,11 @@ class RoutedAnswers:
             current.append(attempt)
             t_call = time.perf_counter()
             try:
-                async for chunk in attempt.model.astream(
+                chunks = attempt.model.astream(
                     attempt.messages, attempt_config(config, attempt), **attempt.kwargs
-                ):
+                )
+                deadline = self.cfg.backend_deadline_s
+                async for chunk in stream_within_deadline(chunks, deadline, what(attempt)):
                     timing.backend_s += time.perf_counter() - t_call
                     yield chunk
                     t_call = time.perf_counter()

@@ -366,9 +366,7 @@ def create_app(
                     code="model_not_found",
                 )
             stats.passthrough += 1
-            return await passthrough(
-                client, spec, raw, data, bool(req.stream), cfg.passthrough_timeout_s
-            )
+            return await passthrough(client, spec, raw, data, bool(req.stream), cfg)
         stats.routed += 1
         return await answers.answer(req, knobs, timing, rid)
 

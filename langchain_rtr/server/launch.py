@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from langchain_rtr.errors import ConfigError
 from langchain_rtr.runnable import RTRRunnable
 from langchain_rtr.server.app import build_runnable, create_app
+from langchain_rtr.server.header_timeout import header_timeout_protocol
 from langchain_rtr.server.schemas import ServerSettings
 from langchain_rtr.traffic import TrafficLog, open_traffic_log
 
@@ -105,6 +106,7 @@ def run_server(
         "log_level": log_level,
         "limit_concurrency": limit_concurrency,
         "timeout_keep_alive": KEEP_ALIVE_S,
+        "http": header_timeout_protocol(cfg.header_timeout_s),
         "timeout_graceful_shutdown": 10,
     }
     if workers > 1:

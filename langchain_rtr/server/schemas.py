@@ -32,6 +32,14 @@ DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_QUESTION_CHARS = 100_000
 """Longest routed question (400 above): about 25k tokens, past any small model's context."""
 
+DEFAULT_BACKEND_DEADLINE_S = 900.0
+"""Seconds one backend call may take in all: past the longest answer a small model writes
+on a CPU at its token cap, so only a backend that never finishes meets it."""
+
+DEFAULT_HEADER_TIMEOUT_S = 5.0
+"""Seconds to send a request's line and headers (the connection is closed after): a client
+sends them in one write, so only a stalled or hostile one (slowloris) comes near it."""
+
 RTR_KNOBS: dict[str, str] = {k: v for k, v in KNOBS.items() if k != "policy"}
 """The routing knobs a request may set, in the model name or in the body's `rtr` object."""
 
@@ -298,9 +306,19 @@ class ServerSettings(BaseModel):
         max_body_bytes: Largest request body; larger ones get 413 before being read.
         max_question_chars: Longest routed question; longer ones get 400.
         body_timeout_s: Seconds a client may take to send its body (408 after).
+        header_timeout_s: Seconds a client may take to send a request's line and headers,
+            from the connection's opening or the request's first byte; the connection is
+            closed after (a keep-alive connection's wait between requests is not counted).
         passthrough: Whether requests naming a backend model go to it directly.
-        passthrough_timeout_s: Longest wait for a non-streamed pass-through answer (a streamed
-            one is bounded by the backend's connect and first-byte timeouts, like routed calls).
+        passthrough_timeout_s: Longest wait for a whole non-streamed pass-through answer (a
+            streamed one is bounded by the backend's connect and first-byte timeouts, like
+            routed calls, and by ``backend_deadline_s``).
+        backend_deadline_s: Longest one backend call may take in all, however it spaces its
+            bytes (the first-byte timeout bounds each wait, not the sum): a routed call falls
+            back after it, a pass-through stream ends with an error event.
+        backend_cooldown_s: How long routed requests keep off a model after its call failed
+            as an endpoint (timeout, connection, 5xx), so that they do not all wait on a hung
+            backend; then one request tries it again (`langchain_rtr.server.health`). 0: never.
         stats: Serve `GET /rtr/stats` (request and response counts; guarded by the key).
         max_route_batch: Most questions routed in one `route_batch` call under load.
     """
@@ -312,8 +330,11 @@ class ServerSettings(BaseModel):
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, gt=0)
     max_question_chars: int = Field(default=DEFAULT_MAX_QUESTION_CHARS, gt=0)
     body_timeout_s: float = Field(default=30.0, gt=0)
+    header_timeout_s: float = Field(default=DEFAULT_HEADER_TIMEOUT_S, gt=0, allow_inf_nan=False)
     passthrough: bool = True
     passthrough_timeout_s: float = Field(default=300.0, gt=0)
+    backend_deadline_s: float = Field(default=DEFAULT_BACKEND_DEADLINE_S, gt=0, allow_inf_nan=False)
+    backend_cooldown_s: float = Field(default=10.0, ge=0, allow_inf_nan=False)
     stats: bool = True
     max_route_batch: int = Field(default=64, ge=1)
 

@@ -336,6 +336,47 @@ def test_same_seed_same_weights_and_global_rng_untouched() -> None:
     assert not np.array_equal(a.predict(questions).correctness, c.predict(questions).correctness)
 
 
+def test_members_trained_in_parallel_processes_equal_those_trained_in_turn() -> None:
+    matrix = planted_matrix(80, seed=24)
+    base = TrainConfig(hidden=32, learnable_dim=4, max_epochs=6, seed=3, ensemble=3)
+    epochs: dict[int, list[int]] = {1: [], 2: []}
+    trained = {
+        workers: RTRPredictor.train(
+            matrix,
+            MODELS,
+            STRATEGIES,
+            encoder=TopicEncoder(),
+            config=TrainConfig(**{**base.__dict__, "workers": workers}),
+            progress=lambda epoch, tl, vl, workers=workers: epochs[workers].append(epoch),
+        )
+        for workers in (1, 2)
+    }
+    one, two = trained[1], trained[2]
+    for (name, a), (_, b) in zip(
+        one.net.state_dict().items(), two.net.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    assert one.summary == two.summary
+    assert epochs[1] == epochs[2] == list(range(1, sum(one.summary.epochs) + 1))
+    assert one.length_quantiles is not None and two.length_quantiles is not None
+    np.testing.assert_array_equal(one.length_quantiles.offsets, two.length_quantiles.offsets)
+    questions = planted_matrix(10, seed=25).questions
+    np.testing.assert_array_equal(
+        one.predict(questions).correctness, two.predict(questions).correctness
+    )
+
+
+def test_members_train_in_turn_when_the_job_is_small() -> None:
+    from langchain_rtr.predictor.members import PARALLEL_MIN_CELLS, default_workers
+
+    config = TrainConfig(ensemble=5)
+    assert default_workers(config, PARALLEL_MIN_CELLS - 1) == 1
+    assert default_workers(TrainConfig(ensemble=5, workers=8), 10) == 5
+    assert default_workers(TrainConfig(ensemble=1), 10**7) == 1
+    with pytest.raises(ValueError, match="workers"):
+        TrainConfig(workers=0)
+
+
 def test_early_stopping_keeps_the_best_epoch() -> None:
     matrix = planted_matrix(120, seed=14, lengths=False)
     rng = np.random.default_rng(0)

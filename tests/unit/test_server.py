@@ -75,6 +75,7 @@ class Backend:
 
 class Env:
     def __init__(self, runnable_kw: dict[str, Any] | None = None, **settings: Any) -> None:
+        settings.setdefault("backend_cooldown_s", 0.0)  # each request meets the fakes as set
         self.router = FakeRouter()
         self.big = FakeChat(served="big-served")
         self.small = FakeChat(served="small-served")
