@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 from langchain_rtr.predictor.backend_names import (
     EncoderBackend,
     EncoderBackendError,
@@ -154,8 +156,8 @@ def build_artifact(
     """Build ``backend``'s artifact from the shipped model (offline) unless it is already there.
 
     The artifact is written into a temporary folder beside its final place and renamed into
-    place, so a crash or a concurrent build never leaves a half-written artifact: the loser of
-    a race discards its copy and uses the winner's.
+    place, so a crash never leaves a half-written artifact; a lock file beside it makes a
+    concurrent build, in this process or another, wait for the first and use its artifact.
 
     Args:
         backend: ``"onnx"``, ``"onnx-int8"`` or ``"static"``.
@@ -172,7 +174,10 @@ def build_artifact(
     if not force and artifact_ready(target):
         return Artifact(backend, target, built=False, seconds=0.0)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    with _build_lock:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # One build per artifact across threads and processes (server workers, test workers): the
+    # others wait, then find it built.
+    with _build_lock, FileLock(target.parent / f"{backend}.lock"):
         if not force and artifact_ready(target):
             return Artifact(backend, target, built=False, seconds=0.0)
         for module in _BUILD_NEEDS[backend]:
@@ -183,7 +188,6 @@ def build_artifact(
             fp32 = build_artifact("onnx", source=source, cache_dir=cache_dir, log=log).path
         if log:
             log(f"building the {backend} encoder (once, into {target}): {_BUILD_STEPS[backend]}")
-        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{backend}.", dir=target.parent))
         try:
             if backend == "onnx":

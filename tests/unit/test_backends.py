@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -138,6 +139,47 @@ def test_a_torn_artifact_is_rebuilt(cache_root: Path, tmp_path: Path) -> None:
     assert not artifact_ready(torn)
     assert build_artifact("onnx-int8", cache_dir=tmp_path, log=None).built
     assert artifact_ready(torn)
+
+
+def _build_static_after(barrier: Any, cache: str, results: Any) -> None:
+    barrier.wait()
+    results.put(build_artifact("static", cache_dir=cache, log=None).built)
+
+
+def test_two_processes_building_at_once_build_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Server or test workers that start together must not each build (or delete) the cache."""
+    import multiprocessing
+    import time
+
+    from langchain_rtr.predictor import artifacts
+
+    log = tmp_path / "builds.log"
+
+    def slow_distill(source: Path, out: Path) -> list[str]:
+        with log.open("a", encoding="utf-8") as fh:
+            fh.write(f"{os.getpid()}\n")
+        time.sleep(1.0)  # long enough for the other process to reach its own check
+        (out / "table.bin").write_bytes(b"built")
+        return ["table.bin"]
+
+    monkeypatch.setattr(artifacts, "distill_static", slow_distill)
+    ctx = multiprocessing.get_context("fork")  # the children keep the patch
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [
+        ctx.Process(target=_build_static_after, args=(barrier, str(tmp_path / "c"), results))
+        for _ in range(2)
+    ]
+    for proc in procs:
+        proc.start()
+    built = sorted(results.get(timeout=120) for _ in procs)
+    for proc in procs:
+        proc.join(timeout=60)
+        assert proc.exitcode == 0
+    assert built == [False, True]
+    assert len(log.read_text(encoding="utf-8").split()) == 1
+    assert artifact_ready(artifact_dir("static", cache_dir=tmp_path / "c"))
 
 
 # -------------------------------------------------------------------- vectors agree
