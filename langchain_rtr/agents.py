@@ -66,6 +66,7 @@ from langchain_rtr.graph.planner import (
     plan_call,
     subtask_result,
 )
+from langchain_rtr.knobs import smallest_cap
 
 __all__ = [
     "RTRAgentState",
@@ -444,9 +445,9 @@ class RTRMiddleware(AgentMiddleware[RTRAgentState, Any, Any]):
             settings = {**request.model_settings}
             settings.update(self.rtr.strategies[strategy].model_kwargs() or {})
             spec = self.planner.node.settings.spec(model)
-            caps = [c for c in (task["max_tokens"], spec.max_tokens) if c is not None]
-            if caps:
-                settings["max_tokens"] = min(caps)
+            max_tokens = smallest_cap(task["max_tokens"], spec.max_tokens)
+            if max_tokens is not None:
+                settings["max_tokens"] = max_tokens
             applied = self._apply(request, strategy).override(
                 model=self.rtr.models[model], model_settings=settings
             )

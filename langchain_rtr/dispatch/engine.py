@@ -57,7 +57,14 @@ from langchain_rtr.dispatch.results import (
 )
 from langchain_rtr.dispatch.tools import bind_call_tools, capable_pairs
 from langchain_rtr.errors import ConfigError, UnknownPairError
-from langchain_rtr.knobs import Knobs, check_tokens, parse_knobs, parse_pairs, policy_budget
+from langchain_rtr.knobs import (
+    Knobs,
+    check_tokens,
+    parse_knobs,
+    parse_pairs,
+    policy_budget,
+    smallest_cap,
+)
 from langchain_rtr.models import ModelRegistry
 from langchain_rtr.specs import ModelSpec
 from langchain_rtr.traffic import TrafficLog
@@ -268,8 +275,7 @@ class DispatchEngine:
         strategy = self.strategies[strategy_name]
         spec = self.router.models.get(model_name)
         asked = req.call_kwargs.get("max_tokens")
-        caps = [int(c) for c in (getattr(spec, "max_tokens", None), req.budget, asked) if c]
-        max_tokens = min(caps) if caps else None
+        max_tokens = smallest_cap(getattr(spec, "max_tokens", None), req.budget, asked)
         kwargs = {**req.call_kwargs, **(strategy.model_kwargs() or {})}
         if max_tokens is not None:
             kwargs["max_tokens"] = max_tokens
