@@ -17,7 +17,9 @@ here once:
 
 A `CallRun` holds one call's state: `CallRun.next_attempt` is the one place where the next
 attempt is planned, `CallRun.finish` the one place where the call's outcome is known (what a
-traffic log or a metrics hook would observe).
+traffic log or a metrics hook would observe). The loop over attempts is written once, as a
+generator of steps, and `execute`, `aexecute`, `execute_stream` and `aexecute_stream` are its
+four drivers (`langchain_rtr.dispatch.steps`).
 """
 
 from __future__ import annotations
