@@ -47,7 +47,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 
-from langchain_rtr.dispatch import Fallback, merge_system
+from langchain_rtr.dispatch import Call, Fallback, Steps, adrive, drive, merge_system
 from langchain_rtr.errors import ConfigError
 from langchain_rtr.graph.budget import (
     Allotment,
@@ -66,6 +66,7 @@ from langchain_rtr.graph.planner import (
     plan_call,
     subtask_result,
 )
+from langchain_rtr.knobs import smallest_cap
 
 __all__ = [
     "RTRAgentState",
@@ -444,9 +445,9 @@ class RTRMiddleware(AgentMiddleware[RTRAgentState, Any, Any]):
             settings = {**request.model_settings}
             settings.update(self.rtr.strategies[strategy].model_kwargs() or {})
             spec = self.planner.node.settings.spec(model)
-            caps = [c for c in (task["max_tokens"], spec.max_tokens) if c is not None]
-            if caps:
-                settings["max_tokens"] = min(caps)
+            max_tokens = smallest_cap(task["max_tokens"], spec.max_tokens)
+            if max_tokens is not None:
+                settings["max_tokens"] = max_tokens
             applied = self._apply(request, strategy).override(
                 model=self.rtr.models[model], model_settings=settings
             )
@@ -510,12 +511,14 @@ class RTRMiddleware(AgentMiddleware[RTRAgentState, Any, Any]):
             command=Command(update={"rtr_results": {cid: record}}),
         )
 
-    def wrap_model_call(
-        self,
-        request: ModelRequest[Any],
-        handler: Callable[[ModelRequest[Any]], ModelResponse[Any]],
-    ) -> ModelResponse[Any] | AIMessage | ExtendedModelResponse[Any]:
-        """Route this model call, cap it by the budget left, book its measured usage."""
+    def _steps(
+        self, request: ModelRequest[Any]
+    ) -> Steps[ModelResponse[Any] | ExtendedModelResponse[Any]]:
+        """This model call's loop, once for both drivers: plan, skip or fall back, book.
+
+        An endpoint failure moves to the next allowed pair not on a model that already failed,
+        up to the engine's ``max_attempts``; any other failure, or the last one, is raised.
+        """
         cid, task = self._plan(request)
         if task["status"] == "skipped" or not task["allowed"]:
             return self._skipped(cid, task)
@@ -525,7 +528,7 @@ class RTRMiddleware(AgentMiddleware[RTRAgentState, Any, Any]):
             if not fallback.allows(pair):
                 continue
             try:
-                response = handler(routed)
+                response = yield Call(routed)
             except Exception as exc:
                 if fallback.failed(pair, exc).retryable:
                     last = exc
@@ -534,26 +537,18 @@ class RTRMiddleware(AgentMiddleware[RTRAgentState, Any, Any]):
             return self._booked(cid, task, pair, max_tokens, response, _described(fallback))
         raise cast(Exception, last)  # the plan is never empty: some pair was tried
 
+    def wrap_model_call(
+        self,
+        request: ModelRequest[Any],
+        handler: Callable[[ModelRequest[Any]], ModelResponse[Any]],
+    ) -> ModelResponse[Any] | AIMessage | ExtendedModelResponse[Any]:
+        """Route this model call, cap it by the budget left, book its measured usage."""
+        return drive(self._steps(request), handler)
+
     async def awrap_model_call(
         self,
         request: ModelRequest[Any],
         handler: Callable[[ModelRequest[Any]], Awaitable[ModelResponse[Any]]],
     ) -> ModelResponse[Any] | AIMessage | ExtendedModelResponse[Any]:
         """Async `wrap_model_call`."""
-        cid, task = self._plan(request)
-        if task["status"] == "skipped" or not task["allowed"]:
-            return self._skipped(cid, task)
-        last: Exception | None = None
-        fallback = Fallback(self.rtr.engine.max_attempts)
-        for pair, routed, max_tokens in self._requests(request, task):
-            if not fallback.allows(pair):
-                continue
-            try:
-                response = await handler(routed)
-            except Exception as exc:
-                if fallback.failed(pair, exc).retryable:
-                    last = exc
-                    continue
-                raise
-            return self._booked(cid, task, pair, max_tokens, response, _described(fallback))
-        raise cast(Exception, last)  # the plan is never empty: some pair was tried
+        return await adrive(self._steps(request), handler)

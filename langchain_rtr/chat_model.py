@@ -35,7 +35,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from operator import itemgetter
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
+from uuid import UUID
 
 from langchain_core.callbacks import (
     AsyncCallbackManager,
@@ -95,33 +96,41 @@ def _chunk_message(chunk: ChatGenerationChunk) -> AIMessageChunk:
     return message
 
 
-def _emit(run_manager: CallbackManagerForLLMRun | None, decision: Any) -> None:
-    """Dispatch the decision as a custom event of this chat model run."""
+_Manager = TypeVar("_Manager", CallbackManager, AsyncCallbackManager)
+
+
+def _event_target(
+    run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
+    manager: type[_Manager],
+) -> tuple[_Manager, UUID] | None:
+    """Where a custom event of this chat model run goes (None: no handler listens).
+
+    The run's own handlers, with the run as the event's run, so `astream_events` shows the
+    decision on the chat model run itself.
+    """
     if run_manager is None or not run_manager.handlers:
-        return
-    manager = CallbackManager(
+        return None
+    target = manager(
         handlers=run_manager.handlers,
         inheritable_handlers=run_manager.inheritable_handlers,
         parent_run_id=run_manager.parent_run_id,
         tags=run_manager.tags,
         metadata=run_manager.metadata,
     )
-    data = routing_row(decision).model_dump(mode="json")
-    manager.on_custom_event(DECISION_EVENT, data, run_id=run_manager.run_id)
+    return target, run_manager.run_id
+
+
+def _emit(run_manager: CallbackManagerForLLMRun | None, decision: Any) -> None:
+    """Dispatch the decision as a custom event of this chat model run."""
+    if target := _event_target(run_manager, CallbackManager):
+        data = routing_row(decision).model_dump(mode="json")
+        target[0].on_custom_event(DECISION_EVENT, data, run_id=target[1])
 
 
 async def _aemit(run_manager: AsyncCallbackManagerForLLMRun | None, decision: Any) -> None:
-    if run_manager is None or not run_manager.handlers:
-        return
-    manager = AsyncCallbackManager(
-        handlers=run_manager.handlers,
-        inheritable_handlers=run_manager.inheritable_handlers,
-        parent_run_id=run_manager.parent_run_id,
-        tags=run_manager.tags,
-        metadata=run_manager.metadata,
-    )
-    data = routing_row(decision).model_dump(mode="json")
-    await manager.on_custom_event(DECISION_EVENT, data, run_id=run_manager.run_id)
+    if target := _event_target(run_manager, AsyncCallbackManager):
+        data = routing_row(decision).model_dump(mode="json")
+        await target[0].on_custom_event(DECISION_EVENT, data, run_id=target[1])
 
 
 def _has_stream(model: BaseChatModel) -> bool:
@@ -446,12 +455,10 @@ class RTRChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        rtr = self.runnable
         req = self._request(messages, stop, kwargs)
-        decision = rtr.engine.route(req)
+        decision = self.runnable.engine.route(req)
         _emit(run_manager, decision)
-        result = rtr.engine.execute(req, decision, _call)
-        return ChatResult(generations=[ChatGeneration(message=self._message(result, req))])
+        return self._chat_result(self.runnable.engine.execute(req, decision, _call), req)
 
     async def _agenerate(
         self,
@@ -460,11 +467,13 @@ class RTRChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        rtr = self.runnable
         req = self._request(messages, stop, kwargs)
-        decision = await rtr.aroute(req, ensure_config())
+        decision = await self.runnable.aroute(req, ensure_config())
         await _aemit(run_manager, decision)
-        result = await rtr.engine.aexecute(req, decision, _acall)
+        result = await self.runnable.engine.aexecute(req, decision, _acall)
+        return self._chat_result(result, req)
+
+    def _chat_result(self, result: RTRResult, req: CallRequest) -> ChatResult:
         return ChatResult(generations=[ChatGeneration(message=self._message(result, req))])
 
     def _final_chunk(self, result: RTRResult, req: CallRequest) -> ChatGenerationChunk:

@@ -61,6 +61,7 @@ from langchain_rtr.collection.progress import CollectProgress
 from langchain_rtr.collection.results import Cell, CollectError, CollectSummary, PairStats
 from langchain_rtr.data.io import read_records
 from langchain_rtr.data.records import RoutingRecord
+from langchain_rtr.knobs import check_tokens, smallest_cap
 from langchain_rtr.models import chat_model_for
 from langchain_rtr.questions import Question
 from langchain_rtr.runnable import is_endpoint_failure
@@ -237,9 +238,12 @@ async def collect(
 
     Raises:
         CollectError: Bad output path, no questions, no models, no strategies, or nothing to run.
+        ConfigError: ``max_tokens`` is not an int in [1, 10**9] (`check_tokens`).
         RecordError: The existing output file has a malformed line (file:line in the message).
     """
     started = time.monotonic()
+    if max_tokens is not None:
+        check_tokens(max_tokens, "max_tokens")  # 0 is no cap nowhere: refused, as elsewhere
     path = check_out_path(out_path)
     if not questions:
         raise CollectError("no questions to collect")
@@ -295,9 +299,9 @@ async def collect(
     async def call(job: _Job) -> tuple[AIMessage, float]:
         kwargs: dict[str, Any] = dict(job.strategy.model_kwargs())
         spec = known_specs.get(job.model)
-        caps = [c for c in (max_tokens, spec.max_tokens if spec else None) if c]
-        if caps:
-            kwargs["max_tokens"] = min(caps)
+        cap = smallest_cap(max_tokens, spec.max_tokens if spec else None)
+        if cap is not None:
+            kwargs["max_tokens"] = cap
         if temperature is not None:
             kwargs["temperature"] = temperature
         if seed is not None:
@@ -481,12 +485,15 @@ def run_collect(
         echo: Where the summary goes (default: print to stdout).
 
     Raises:
-        ModelsFileError, QuestionSetError, UnknownStrategyError, CollectError: bad input.
+        ModelsFileError, QuestionSetError, UnknownStrategyError, CollectError, ConfigError:
+            bad input.
     """
     from langchain_rtr.config import load_models_file
     from langchain_rtr.questions import read_questions
     from langchain_rtr.strategies import get_strategy
 
+    if max_tokens is not None:
+        check_tokens(max_tokens, "--max-tokens")  # before any server is started
     loaded = load_models_file(models_file)
     all_specs = loaded.specs
     if models is not None:

@@ -52,6 +52,7 @@ __all__ = [
     "parse_pair",
     "parse_pairs",
     "policy_budget",
+    "smallest_cap",
 ]
 
 Pair = tuple[str, str]
@@ -153,6 +154,17 @@ def check_tokens(value: Any, where: str) -> int:
         msg = f"{where}: expected an int in [1, {MAX_TOKENS_LIMIT:,}], got {value!r}"
         raise ConfigError(msg)
     return int(value)
+
+
+def smallest_cap(*caps: int | None) -> int | None:
+    """The tightest of a call's ``max_tokens`` caps; the one rule every front end applies.
+
+    None is no cap, so the result is None only when no cap is given; any number is a cap,
+    0 included (a budget that pays for nothing), so no front end reads 0 as "uncapped". Caps
+    from users are validated first (`check_tokens`: at least 1).
+    """
+    given = [int(c) for c in caps if c is not None]
+    return min(given) if given else None
 
 
 def _policy(value: Any, where: str) -> Policy:

@@ -107,6 +107,8 @@ __all__ = [
 ]
 
 Pair = tuple[str, str]
+Routed = tuple[CallRequest, Any]
+"""A call's request and its decision (None where routing it is still to do)."""
 
 CONFIG_KEYS = tuple(KNOB_CONFIG_KEYS)
 """The `config["configurable"]` keys read per call."""
@@ -286,16 +288,12 @@ class RTRRunnable(RunnableSerializable[RTRInput, RTRResult]):
         return self.request(input, config.get("configurable") or {})
 
     def _invoke_one(
-        self,
-        input: RTRInput,
-        config: RunnableConfig,
-        *,
-        decision: Any = None,
-        req: CallRequest | None = None,
+        self, input: RTRInput, config: RunnableConfig, *, routed: Routed | None = None
     ) -> RTRResult:
+        """One routed call; `batch` gives each item its ``routed`` request and decision."""
         engine = self._engine
-        req = req or self._prepared(input, config)
-        if decision is None:
+        req, decision = routed or (self._prepared(input, config), None)
+        if decision is None:  # not routed yet, or the batch's routing failed on this one
             decision = engine.route(req)
         dispatch_custom_event(DECISION_EVENT, routing_row(decision).model_dump(), config=config)
 
@@ -306,15 +304,11 @@ class RTRRunnable(RunnableSerializable[RTRInput, RTRResult]):
         return engine.execute(req, decision, call)
 
     async def _ainvoke_one(
-        self,
-        input: RTRInput,
-        config: RunnableConfig,
-        *,
-        decision: Any = None,
-        req: CallRequest | None = None,
+        self, input: RTRInput, config: RunnableConfig, *, routed: Routed | None = None
     ) -> RTRResult:
+        """Async `_invoke_one`."""
         engine = self._engine
-        req = req or self._prepared(input, config)
+        req, decision = routed or (self._prepared(input, config), None)
         if decision is None:
             decision = await self.aroute(req, config)
         data = routing_row(decision).model_dump()
@@ -389,7 +383,9 @@ class RTRRunnable(RunnableSerializable[RTRInput, RTRResult]):
         def one(i: int) -> RTRResult | Exception:
             if errors[i] is not None:
                 return cast("Exception", errors[i])
-            func = functools.partial(self._invoke_one, decision=decisions[i], req=reqs[i])
+            func = functools.partial(
+                self._invoke_one, routed=(cast("CallRequest", reqs[i]), decisions[i])
+            )
             try:
                 return self._call_with_config(
                     func, inputs[i], configs[i], run_type="chain", **kwargs
@@ -427,7 +423,9 @@ class RTRRunnable(RunnableSerializable[RTRInput, RTRResult]):
         async def one(i: int) -> RTRResult | Exception:
             if errors[i] is not None:
                 return cast("Exception", errors[i])
-            func = functools.partial(self._ainvoke_one, decision=decisions[i], req=reqs[i])
+            func = functools.partial(
+                self._ainvoke_one, routed=(cast("CallRequest", reqs[i]), decisions[i])
+            )
             try:
                 return await self._acall_with_config(
                     func, inputs[i], configs[i], run_type="chain", **kwargs

@@ -17,20 +17,23 @@ here once:
 
 A `CallRun` holds one call's state: `CallRun.next_attempt` is the one place where the next
 attempt is planned, `CallRun.finish` the one place where the call's outcome is known (what a
-traffic log or a metrics hook would observe).
+traffic log or a metrics hook would observe). The loop over attempts is written once, as a
+generator of steps, and `execute`, `aexecute`, `execute_stream` and `aexecute_stream` are its
+four drivers (`langchain_rtr.dispatch.steps`).
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, cast
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk
 
+from langchain_rtr.dispatch import steps
 from langchain_rtr.dispatch.calls import (
     AsyncCall,
     AsyncStreamCall,
@@ -56,7 +59,14 @@ from langchain_rtr.dispatch.results import (
 )
 from langchain_rtr.dispatch.tools import bind_call_tools, capable_pairs
 from langchain_rtr.errors import ConfigError, UnknownPairError
-from langchain_rtr.knobs import Knobs, check_tokens, parse_knobs, parse_pairs, policy_budget
+from langchain_rtr.knobs import (
+    Knobs,
+    check_tokens,
+    parse_knobs,
+    parse_pairs,
+    policy_budget,
+    smallest_cap,
+)
 from langchain_rtr.models import ModelRegistry
 from langchain_rtr.specs import ModelSpec
 from langchain_rtr.traffic import TrafficLog
@@ -153,13 +163,7 @@ class DispatchEngine:
     def check_pairs(self, items: Any, where: str) -> frozenset[Pair]:
         """Parse pairs and check that the router knows them and this engine can serve them."""
         pairs = parse_pairs(items, where)
-        unknown = sorted(pairs - self.known)
-        if unknown:
-            msg = (
-                f"{where}: pairs {unknown} were not in the router's training data "
-                f"(it knows: {sorted(self.known)})"
-            )
-            raise UnknownPairError(msg)
+        _refuse_unknown(f"{where}: pairs", pairs, self.known)
         unservable = sorted(pairs - self.servable)
         if unservable:
             msg = f"{where}: pairs {unservable} have no chat model or strategy registered here"
@@ -273,8 +277,7 @@ class DispatchEngine:
         strategy = self.strategies[strategy_name]
         spec = self.router.models.get(model_name)
         asked = req.call_kwargs.get("max_tokens")
-        caps = [int(c) for c in (getattr(spec, "max_tokens", None), req.budget, asked) if c]
-        max_tokens = min(caps) if caps else None
+        max_tokens = smallest_cap(getattr(spec, "max_tokens", None), req.budget, asked)
         kwargs = {**req.call_kwargs, **(strategy.model_kwargs() or {})}
         if max_tokens is not None:
             kwargs["max_tokens"] = max_tokens
@@ -382,34 +385,39 @@ class DispatchEngine:
 
     # ----------------------------------------------------------------- execution
     def start(self, req: CallRequest, decision: Any) -> CallRun:
-        """A fresh run of one call (what the four loops below drive)."""
+        """A fresh run of one call (what `_loop` drives)."""
         return CallRun(self, req, decision)
+
+    def _loop(
+        self, req: CallRequest, decision: Any, *, streamed: bool = False
+    ) -> steps.Steps[RTRResult]:
+        """The call's fallback loop, once for every driver (`langchain_rtr.dispatch.steps`).
+
+        Streamed, a pair that fails before its first token falls back and one cut after it is
+        continued (`CallRun.next_attempt`); a parse error is the caller's, as is a failure of
+        the last pair with ``raise_on_failure``.
+        """
+        run = self.start(req, decision)
+        while attempt := run.next_attempt():
+            step = steps.Stream(attempt) if streamed else steps.Call(attempt)
+            try:
+                answer = yield step
+            except Exception as exc:
+                if run.failed(attempt, exc, step.chunks):
+                    continue
+                break
+            message, parts = run.streamed_answer(attempt, answer) if streamed else (answer, None)
+            parsed = yield steps.Parse(attempt.strategy, message)
+            return run.finish(attempt, message, parsed, parts)
+        return run.finish()
 
     def execute(self, req: CallRequest, decision: Any, call: SyncCall) -> RTRResult:
         """Call the plan's pairs with ``call`` until one answers."""
-        run = self.start(req, decision)
-        while attempt := run.next_attempt():
-            try:
-                message = call(attempt)
-            except Exception as exc:
-                if run.failed(attempt, exc):
-                    continue
-                break
-            return run.finish(attempt, message, attempt.strategy.parse(message))
-        return run.finish()
+        return steps.drive(self._loop(req, decision), call)
 
     async def aexecute(self, req: CallRequest, decision: Any, call: AsyncCall) -> RTRResult:
         """Async `execute`."""
-        run = self.start(req, decision)
-        while attempt := run.next_attempt():
-            try:
-                message = await call(attempt)
-            except Exception as exc:
-                if run.failed(attempt, exc):
-                    continue
-                break
-            return run.finish(attempt, message, await attempt.strategy.aparse(message))
-        return run.finish()
+        return await steps.adrive(self._loop(req, decision), call)
 
     def execute_stream(
         self, req: CallRequest, decision: Any, call: SyncStreamCall
@@ -418,41 +426,13 @@ class DispatchEngine:
 
         A pair that fails before its first token falls back; after it, a continuation follows.
         """
-        run = self.start(req, decision)
-        while attempt := run.next_attempt():
-            chunks: list[AIMessageChunk] = []
-            try:
-                for chunk in call(attempt):
-                    chunks.append(chunk)
-                    yield chunk
-            except Exception as exc:
-                if run.failed(attempt, exc, chunks):
-                    continue
-                break
-            message, parts = run.streamed_answer(attempt, chunks)
-            yield run.finish(attempt, message, attempt.strategy.parse(message), parts)
-            return
-        yield run.finish()
+        return steps.drive_stream(self._loop(req, decision, streamed=True), call)
 
-    async def aexecute_stream(
+    def aexecute_stream(
         self, req: CallRequest, decision: Any, call: AsyncStreamCall
     ) -> AsyncIterator[AIMessageChunk | RTRResult]:
         """Async `execute_stream`."""
-        run = self.start(req, decision)
-        while attempt := run.next_attempt():
-            chunks: list[AIMessageChunk] = []
-            try:
-                async for chunk in call(attempt):
-                    chunks.append(chunk)
-                    yield chunk
-            except Exception as exc:
-                if run.failed(attempt, exc, chunks):
-                    continue
-                break
-            message, parts = run.streamed_answer(attempt, chunks)
-            yield run.finish(attempt, message, await attempt.strategy.aparse(message), parts)
-            return
-        yield run.finish()
+        return steps.adrive_stream(self._loop(req, decision, streamed=True), call)
 
 
 def _registry(
@@ -465,13 +445,7 @@ def _registry(
     else:
         registry = ModelRegistry(models)
     known_models = {m for m, _ in router.pairs}
-    unknown = sorted(set(registry) - known_models)
-    if unknown:
-        msg = (
-            f"models {unknown} were not in the router's training data "
-            f"(it knows: {sorted(known_models)}); retrain the router to add them"
-        )
-        raise UnknownPairError(msg)
+    _refuse_unknown("models", registry, known_models, "; retrain the router to add them")
     return registry
 
 
@@ -488,11 +462,15 @@ def _strategies(known: frozenset[Pair], strategies: Mapping[str, Any] | None) ->
                 continue  # the predictor knows it, nothing here can run it
         return resolved
     resolved = dict(strategies)
-    unknown = sorted(set(resolved) - known_strategies)
-    if unknown:
-        msg = (
-            f"strategies {unknown} were not in the router's training data "
-            f"(it knows: {sorted(known_strategies)})"
-        )
-        raise UnknownPairError(msg)
+    _refuse_unknown("strategies", resolved, known_strategies)
     return resolved
+
+
+def _refuse_unknown(
+    what: str, names: Iterable[Any], known: Collection[Any], hint: str = ""
+) -> None:
+    """Raise `UnknownPairError` naming those of ``names`` the router was not trained on."""
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        msg = f"{what} {unknown} were not in the router's training data (it knows: {sorted(known)})"
+        raise UnknownPairError(msg + hint)

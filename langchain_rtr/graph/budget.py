@@ -29,6 +29,7 @@ from typing import Any, TypedDict
 from langchain_core.messages import BaseMessage
 
 from langchain_rtr.errors import ConfigError, RTRError
+from langchain_rtr.knobs import smallest_cap
 from langchain_rtr.specs import ModelSpec
 
 __all__ = [
@@ -276,19 +277,15 @@ def pair_cap(share: Allotment, spec: ModelSpec, input_bound: int) -> int | None:
         The cap (0 when even the prompt does not fit the dollars), ``spec.max_tokens`` or None
         when the share is unbounded.
     """
-    caps: list[int] = []
-    if share.tokens is not None:
-        caps.append(share.tokens)
+    dollars = None
     if share.pico is not None:
         left = share.pico - input_bound * price_pico_per_token(spec.input_price)
         if left < 0:
             return 0
         out_price = price_pico_per_token(spec.output_price)
         if out_price > 0:
-            caps.append(left // out_price)
-    if spec.max_tokens is not None:
-        caps.append(spec.max_tokens)
-    return min(caps) if caps else None
+            dollars = left // out_price
+    return smallest_cap(share.tokens, dollars, spec.max_tokens)
 
 
 def worst_case(spec: ModelSpec, input_bound: int, max_tokens: int | None) -> Allotment:

@@ -23,6 +23,7 @@ from langchain_rtr.graph.budget import (
     pair_cap,
     worst_case,
 )
+from langchain_rtr.knobs import smallest_cap
 from langchain_rtr.specs import ModelSpec
 
 Pair = tuple[str, str]
@@ -253,11 +254,7 @@ def plan_call(
         if not (fits[j] if status == "ok" else callable_[j]):
             continue
         spec = settings.spec(p[0])
-        effective = (
-            max_tokens
-            if spec.max_tokens is None
-            else (spec.max_tokens if max_tokens is None else min(spec.max_tokens, max_tokens))
-        )
+        effective = smallest_cap(max_tokens, spec.max_tokens)
         bound = bounds[p[1]]
         if effective is not None and effective < settings.min_call_tokens:
             continue

@@ -74,7 +74,9 @@ def load_router(
 
     Args:
         directory: The directory.
-        models: Specs that replace the saved ones by name (to add endpoints or API keys).
+        models: Specs that replace the saved ones by name (to add endpoints or API keys);
+            those of models the router was not trained on are left out (it cannot route to
+            them), so a whole models file may be given.
         predictor_loader: Reads ``directory/predictor``; default
             ``langchain_rtr.predictor.load_predictor`` (a single predictor or a cascade).
         **predictor_kw: Passed to the default loader.
@@ -94,7 +96,6 @@ def load_router(
         specs = {name: ModelSpec.model_validate(spec) for name, spec in saved.items()}
     except ValueError as exc:
         raise RoutingError(f"{root / 'models.json'}: {exc}") from exc
-    specs.update(models or {})
     if predictor_loader is None:
         # Imported here: routing itself needs neither the predictor package nor safetensors.
         load = importlib.import_module("langchain_rtr.predictor.cascade").load_predictor
@@ -103,6 +104,8 @@ def load_router(
             return cast(PredictorLike, load(path, **predictor_kw))
 
     predictor = predictor_loader(root / "predictor")
+    trained = {str(p[0]) for p in predictor.pairs}
+    specs.update({name: spec for name, spec in (models or {}).items() if name in trained})
     pairs = [tuple(p) for p in config.get("pairs", [])]
     if pairs and [tuple(p) for p in predictor.pairs] != pairs:
         raise RoutingError(

@@ -98,12 +98,7 @@ def build_runnable(
         from langchain_rtr.config import load_models_file
 
         specs = load_models_file(models_file).specs
-    try:
-        saved = json.loads((Path(router_dir) / "router.json").read_text(encoding="utf-8"))
-        known = {str(p[0]) for p in saved.get("pairs", [])}
-    except (OSError, ValueError, TypeError, IndexError):
-        known = set(specs)  # RTRRouter.load says what is wrong with the directory
-    router = RTRRouter.load(Path(router_dir), models={n: s for n, s in specs.items() if n in known})
+    router = RTRRouter.load(Path(router_dir), models=specs)  # it keeps the ones it knows
     runnable = RTRRunnable(router=router, **runnable_kwargs)
     backends = {n: s for n, s in {**router.models, **specs}.items() if s.base_url}
     return runnable, backends

@@ -29,6 +29,7 @@ from langchain_rtr.collect import (
 )
 from langchain_rtr.data.io import read_records
 from langchain_rtr.data.records import RecordError
+from langchain_rtr.errors import ConfigError
 from langchain_rtr.questions import Question, write_questions
 from langchain_rtr.specs import ModelSpec
 from langchain_rtr.strategies import get_strategy
@@ -475,3 +476,20 @@ def test_progress_bar_runs(tmp_path: Path) -> None:
     s = _run(collect(_questions(2), {"good": FakeChat(name_="good")}, _strategies(), out,
                      specs=SPECS, progress=True))  # fmt: skip
     assert s.succeeded == 4
+
+
+@pytest.mark.parametrize("max_tokens", [0, -5])
+def test_a_cap_of_no_tokens_is_refused_as_in_every_front_end(
+    tmp_path: Path, max_tokens: int
+) -> None:
+    # 0 used to mean "no cap" here (and -5 reached the server) while the runnable, the chat
+    # model, the CLI's route and the server refuse it
+    stats: dict[str, Any] = {}
+    models = {"good": FakeChat(name_="good", stats=stats)}
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(ConfigError, match="max_tokens"):
+        _run(collect(_questions(1), models, _strategies(), out, specs=SPECS, progress=False,
+                     max_tokens=max_tokens))  # fmt: skip
+    assert stats.get("calls", 0) == 0 and not out.exists()
+    with pytest.raises(ConfigError, match="--max-tokens"):  # before the models file is read
+        run_collect(tmp_path / "missing.yaml", tmp_path / "q.jsonl", out, max_tokens=max_tokens)

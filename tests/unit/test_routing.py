@@ -454,6 +454,21 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     assert keyed.models["big"].api_key == "secret-key"
 
 
+def test_load_takes_a_whole_models_file_and_keeps_the_models_it_was_trained_on(
+    tmp_path: Path,
+) -> None:
+    # what the server gives it: every model of the models file, pass-through ones included
+    path = make_router().save(tmp_path / "router")
+    extra = ModelSpec(name="other", base_url="http://other/v1")
+    endpoint = MODELS["big"].model_copy(update={"base_url": "http://big/v1"})
+    loaded = RTRRouter.load(
+        path, predictor_loader=FakePredictor.load, models={"big": endpoint, "other": extra}
+    )
+    assert "other" not in loaded.models
+    assert loaded.models["big"].base_url == "http://big/v1"
+    assert set(loaded.models) == {m for m, _ in loaded.pairs}
+
+
 def test_load_reports_bad_files(tmp_path: Path) -> None:
     with pytest.raises(RoutingError, match="missing"):
         RTRRouter.load(tmp_path, predictor_loader=FakePredictor.load)
