@@ -34,14 +34,17 @@ servers: | $(UV)
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/rtr demo
 
+# The unit tests on two pytest-xdist workers; the integration tests after them in one process
+# (one pair of vLLM servers, and no unit test competing with their calls' timeouts for the CPU).
 unit: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest tests/unit -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest tests/unit -q -n 2
 
 integration: setup servers
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest tests/integration -q
 
 test: setup servers
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest tests -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest tests/unit -q -n 2
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest tests/integration -q
 
 lint: setup
 	$(BIN)/ruff check langchain_rtr tests benchmarks examples scripts
