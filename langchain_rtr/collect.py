@@ -243,7 +243,7 @@ async def collect(
     """
     started = time.monotonic()
     if max_tokens is not None:
-        check_tokens(max_tokens, "max_tokens")  # 0 is no cap nowhere: refused, as elsewhere
+        check_tokens(max_tokens, "max_tokens")  # 0 is refused here as in every front end
     path = check_out_path(out_path)
     if not questions:
         raise CollectError("no questions to collect")

@@ -15,7 +15,6 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -142,9 +141,6 @@ def artifact_ready(path: Path) -> bool:
     return all((path / name).is_file() for name in manifest.get("files", []))
 
 
-_build_lock = threading.RLock()  # int8 builds its fp32 parent while holding it
-
-
 def build_artifact(
     backend: EncoderBackend,
     *,
@@ -176,8 +172,8 @@ def build_artifact(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     target.parent.mkdir(parents=True, exist_ok=True)
     # One build per artifact across threads and processes (server workers, test workers): the
-    # others wait, then find it built.
-    with _build_lock, FileLock(target.parent / f"{backend}.lock"):
+    # others wait, then find it built. int8 takes onnx's lock inside its own to build its parent.
+    with FileLock(target.parent / f"{backend}.lock"):
         if not force and artifact_ready(target):
             return Artifact(backend, target, built=False, seconds=0.0)
         for module in _BUILD_NEEDS[backend]:

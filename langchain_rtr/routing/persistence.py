@@ -63,6 +63,19 @@ def save_router(router: RTRRouter, directory: str | Path) -> Path:
     return root
 
 
+def trained_models(directory: str | Path) -> set[str]:
+    """The models a saved router routes among, read from its ``router.json`` without loading it.
+
+    For a caller holding a whole models file (the server) that must pass only these to `load`.
+    """
+    path = Path(directory) / "router.json"
+    pairs = read_json_object(path, RoutingError).get("pairs", [])
+    try:
+        return {str(model) for model, _ in pairs}
+    except (TypeError, ValueError) as exc:
+        raise RoutingError(f"{path}: pairs must be [model, strategy] lists ({exc})") from exc
+
+
 def load_router(
     directory: str | Path,
     *,
@@ -74,9 +87,9 @@ def load_router(
 
     Args:
         directory: The directory.
-        models: Specs that replace the saved ones by name (to add endpoints or API keys);
-            those of models the router was not trained on are left out (it cannot route to
-            them), so a whole models file may be given.
+        models: Specs that replace the saved ones by name (to add endpoints or API keys).
+            A model the router was not trained on is refused where the router is run
+            (`UnknownPairError`); `trained_models` says which names a router knows.
         predictor_loader: Reads ``directory/predictor``; default
             ``langchain_rtr.predictor.load_predictor`` (a single predictor or a cascade).
         **predictor_kw: Passed to the default loader.
@@ -103,9 +116,8 @@ def load_router(
         def predictor_loader(path: Path) -> PredictorLike:
             return cast(PredictorLike, load(path, **predictor_kw))
 
+    specs.update(models or {})
     predictor = predictor_loader(root / "predictor")
-    trained = {str(p[0]) for p in predictor.pairs}
-    specs.update({name: spec for name, spec in (models or {}).items() if name in trained})
     pairs = [tuple(p) for p in config.get("pairs", [])]
     if pairs and [tuple(p) for p in predictor.pairs] != pairs:
         raise RoutingError(

@@ -92,13 +92,16 @@ def build_runnable(
         The runnable and every model with an endpoint, by name (the pass-through backends).
     """
     from langchain_rtr.routing import RTRRouter
+    from langchain_rtr.routing.persistence import trained_models
 
     specs: dict[str, ModelSpec] = {}
     if models_file is not None:
         from langchain_rtr.config import load_models_file
 
         specs = load_models_file(models_file).specs
-    router = RTRRouter.load(Path(router_dir), models=specs)  # it keeps the ones it knows
+    root = Path(router_dir)
+    known = trained_models(root)  # the others are pass-through backends only
+    router = RTRRouter.load(root, models={n: s for n, s in specs.items() if n in known})
     runnable = RTRRunnable(router=router, **runnable_kwargs)
     backends = {n: s for n, s in {**router.models, **specs}.items() if s.base_url}
     return runnable, backends

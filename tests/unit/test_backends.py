@@ -146,11 +146,14 @@ def _build_static_after(barrier: Any, cache: str, results: Any) -> None:
     results.put(build_artifact("static", cache_dir=cache, log=None).built)
 
 
-def test_two_processes_building_at_once_build_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("workers", ["threads", "processes"])
+def test_two_builders_at_once_build_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: str
 ) -> None:
     """Server or test workers that start together must not each build (or delete) the cache."""
     import multiprocessing
+    import queue
+    import threading
     import time
 
     from langchain_rtr.predictor import artifacts
@@ -165,18 +168,21 @@ def test_two_processes_building_at_once_build_once(
         return ["table.bin"]
 
     monkeypatch.setattr(artifacts, "distill_static", slow_distill)
-    ctx = multiprocessing.get_context("fork")  # the children keep the patch
-    barrier, results = ctx.Barrier(2), ctx.Queue()
-    procs = [
-        ctx.Process(target=_build_static_after, args=(barrier, str(tmp_path / "c"), results))
-        for _ in range(2)
-    ]
-    for proc in procs:
-        proc.start()
-    built = sorted(results.get(timeout=120) for _ in procs)
-    for proc in procs:
-        proc.join(timeout=60)
-        assert proc.exitcode == 0
+    args: tuple[Any, str, Any]
+    if workers == "threads":
+        args = (threading.Barrier(2), str(tmp_path / "c"), queue.Queue())
+        runners: list[Any] = [threading.Thread(target=_build_static_after, args=args)]
+    else:
+        ctx = multiprocessing.get_context("fork")  # the children keep the patch
+        args = (ctx.Barrier(2), str(tmp_path / "c"), ctx.Queue())
+        runners = [ctx.Process(target=_build_static_after, args=args)]
+    runners.append(type(runners[0])(target=_build_static_after, args=args))
+    for runner in runners:
+        runner.start()
+    built = sorted(args[2].get(timeout=120) for _ in runners)
+    for runner in runners:
+        runner.join(timeout=60)
+        assert getattr(runner, "exitcode", 0) == 0
     assert built == [False, True]
     assert len(log.read_text(encoding="utf-8").split()) == 1
     assert artifact_ready(artifact_dir("static", cache_dir=tmp_path / "c"))

@@ -13,6 +13,7 @@ from hypothesis.extra import numpy as hnp
 from rich.console import Console
 
 from langchain_rtr.cli.render import routing_table_view
+from langchain_rtr.errors import UnknownPairError
 from langchain_rtr.routing import (
     STATUS_BELOW_FLOOR,
     STATUS_NO_PAIR_FITS,
@@ -30,6 +31,8 @@ from langchain_rtr.routing import (
     fit_cost_scale,
     policy_from_dict,
 )
+from langchain_rtr.routing.persistence import trained_models
+from langchain_rtr.runnable import RTRRunnable
 from langchain_rtr.specs import ModelSpec
 
 PAIRS = [("small", "direct"), ("small", "cot"), ("big", "direct"), ("big", "cot")]
@@ -454,19 +457,29 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     assert keyed.models["big"].api_key == "secret-key"
 
 
-def test_load_takes_a_whole_models_file_and_keeps_the_models_it_was_trained_on(
+def test_trained_models_reads_a_saved_routers_models_without_loading_it(tmp_path: Path) -> None:
+    router = make_router()
+    path = router.save(tmp_path / "router")
+    assert trained_models(path) == {m for m, _ in router.pairs}
+    config = json.loads((path / "router.json").read_text())
+    config["pairs"] = [["big"]]
+    (path / "router.json").write_text(json.dumps(config))
+    with pytest.raises(RoutingError, match=r"router\.json: pairs must be \[model, strategy\]"):
+        trained_models(path)
+    with pytest.raises(RoutingError, match="router.json"):
+        trained_models(tmp_path / "nowhere")
+
+
+def test_load_keeps_a_spec_of_an_untrained_model_for_the_runnable_to_refuse(
     tmp_path: Path,
 ) -> None:
-    # what the server gives it: every model of the models file, pass-through ones included
+    """A model the router never saw is not dropped in silence (a typo would go unnoticed)."""
     path = make_router().save(tmp_path / "router")
     extra = ModelSpec(name="other", base_url="http://other/v1")
-    endpoint = MODELS["big"].model_copy(update={"base_url": "http://big/v1"})
-    loaded = RTRRouter.load(
-        path, predictor_loader=FakePredictor.load, models={"big": endpoint, "other": extra}
-    )
-    assert "other" not in loaded.models
-    assert loaded.models["big"].base_url == "http://big/v1"
-    assert set(loaded.models) == {m for m, _ in loaded.pairs}
+    loaded = RTRRouter.load(path, predictor_loader=FakePredictor.load, models={"other": extra})
+    assert loaded.models["other"] == extra
+    with pytest.raises(UnknownPairError, match=r"\['other'\].*retrain the router"):
+        RTRRunnable(router=loaded)
 
 
 def test_load_reports_bad_files(tmp_path: Path) -> None:
