@@ -60,6 +60,9 @@ class CallRequest:
     allowed: frozenset[Pair] | None = None
     budget: int | None = None
     call_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Pairs kept out of routing but tried after the plan's own, before the call gives up
+    # (the server's cooled-down models: a failure of the others must not fail the call).
+    last_resort: frozenset[Pair] = frozenset()
 
     def routing_key(self) -> tuple[Any, frozenset[Pair] | None]:
         """Requests with equal keys can share one `route_batch` call."""

@@ -258,7 +258,7 @@ class DispatchEngine:
 
     # ----------------------------------------------------------------- planning
     def plan(self, req: CallRequest, decision: Any) -> list[Pair]:
-        """The pairs to try, in order: the first choice, then the ranking, all usable."""
+        """The pairs to try: the first choice, the ranking (all usable), the last resorts."""
         first = (getattr(decision, "model", None), getattr(decision, "strategy", None))
         ranking = [tuple(p) for p in (getattr(decision, "ranking", None) or [])]
         usable = req.allowed if req.allowed is not None else self.servable
@@ -269,6 +269,7 @@ class DispatchEngine:
             p = cast("Pair", pair)
             if p in usable and p not in plan:
                 plan.append(p)
+        plan += sorted(p for p in req.last_resort if p in self.servable and p not in plan)
         return plan
 
     def attempt(self, req: CallRequest, pair: Pair, index: int) -> Attempt:

@@ -6,7 +6,9 @@ queue up everything else behind them. So once a model's call fails the way that 
 engine fall back (an endpoint failure: timeout, connection, 5xx), the server routes the next
 requests among the other models for ``cooldown_s``; after that one request may use it again
 (a probe: the others keep off it for one more cooldown), and an answer from it clears it.
-The router's own choice is unchanged whenever every model is up.
+Meanwhile it stays those requests' last resort: if the others fail, or break off a stream,
+it is tried rather than the request failed. The router's own choice is unchanged whenever
+every model is up.
 """
 
 from __future__ import annotations
@@ -48,7 +50,10 @@ class BackendHealth:
             self.down_until.pop(result.model, None)
 
     def restrict(self, engine: DispatchEngine, req: CallRequest) -> CallRequest:
-        """``req`` kept off the skipped models, unless that would leave it no pair at all."""
+        """``req`` routed off the skipped models, which stay its last resort.
+
+        Unchanged if no other model is left.
+        """
         if self.cooldown_s <= 0:
             return req
         skip = self.skipped()
@@ -56,4 +61,4 @@ class BackendHealth:
             return req
         usable = req.allowed if req.allowed is not None else engine.servable
         kept = frozenset(p for p in usable if p[0] not in skip)
-        return replace(req, allowed=kept) if kept else req
+        return replace(req, allowed=kept, last_resort=usable - kept) if kept else req

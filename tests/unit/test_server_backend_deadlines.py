@@ -26,7 +26,7 @@ from langchain_rtr.server.health import BackendHealth
 from langchain_rtr.specs import ModelSpec
 from tests.unit.test_backend_timeouts import stub_url  # noqa: F401  (fixture)
 from tests.unit.test_runnable_fakes import connection_error
-from tests.unit.test_server import HELLO, Env, post, sse_events
+from tests.unit.test_server import HELLO, REPLY, STREAM, Env, post, sse_events, stream_text
 from tests.unit.test_server_pooling import routed, served_app
 
 GUARD_S = 60.0  # far above the deadlines below; without them these calls never end
@@ -232,8 +232,9 @@ def test_restrict_keeps_a_request_off_skipped_models_unless_none_would_be_left()
     req = CallRequest(question="q")
     assert health.restrict(engine, req) is req
     health.observe(failed_on("big"))
-    kept = health.restrict(engine, req).allowed
-    assert kept and {m for m, _ in kept} == {"small"}
+    restricted = health.restrict(engine, req)
+    assert restricted.allowed and {m for m, _ in restricted.allowed} == {"small"}
+    assert restricted.last_resort and {m for m, _ in restricted.last_resort} == {"big"}
     health.observe(failed_on("small", answered_by=None))
     assert health.restrict(engine, req) is req  # every model down: try them all the same
 
@@ -252,3 +253,31 @@ async def test_the_server_routes_around_a_model_that_just_failed() -> None:
     for _ in range(2):
         again = (await post(off, {"model": "rtr", "messages": HELLO})).json()["rtr"]
         assert [f["model"] for f in again["fallbacks"]] == ["big"]
+
+
+async def test_a_cooled_down_model_is_the_last_resort_when_the_others_fail() -> None:
+    env = Env(backend_cooldown_s=30.0)
+    env.big.fail = connection_error()
+    await post(env, {"model": "rtr", "messages": HELLO})  # big cools down, small answers
+    env.big.fail = None
+    env.small.fail = connection_error()
+    resp = await post(env, {"model": "rtr", "messages": HELLO})
+    assert resp.status_code == 200, resp.text
+    rtr = resp.json()["rtr"]
+    assert rtr["model"] == "big" and [f["model"] for f in rtr["fallbacks"]] == ["small"]
+
+
+async def test_a_stream_cut_on_the_last_model_up_is_continued_on_a_cooled_down_one() -> None:
+    env = Env({"continuable_models": ["big", "small"]}, backend_cooldown_s=30.0)
+    env.big.fail = connection_error()
+    await post(env, {"model": "rtr", "messages": HELLO})  # big cools down, small answers
+    env.big.fail = None
+    env.big.reply = env.small.reply = REPLY
+    env.small.cut_after = 3
+    resp = await post(env, STREAM)
+    assert resp.headers["x-rtr-model"] == "small"
+    events = sse_events(resp.text)
+    assert events[-1] == "[DONE]" and not any("error" in e for e in events[:-1])
+    assert stream_text(events) == REPLY
+    [finish] = [e for e in events[:-1] if e["choices"] and e["choices"][0]["finish_reason"]]
+    assert finish["rtr"]["continued"] is True and finish["rtr"]["model"] == "big"
