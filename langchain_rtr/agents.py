@@ -6,9 +6,9 @@ Two ways in, sharing one budget kept in the agent's state (`RTRAgentState`):
   langchain's `ModelRouterMiddleware` routes to a model, but per call and with a strategy: the
   strategy's prompt is applied to the latest human message (its system part merged into the
   system message), its model kwargs (e.g. the thinking toggle) and a `max_tokens` capped by what
-  is left of the budget go into `model_settings`. The agent's tools and tool calls pass through
-  untouched; strategies that run programs (PAL) are not used, since an agent turn is not a
-  final answer.
+  is left of the budget (and by the request's own `max_tokens`) go into `model_settings`. The
+  agent's tools and tool calls pass through untouched; strategies that run programs (PAL) are
+  not used, since an agent turn is not a final answer.
 - `create_rtr_tool` / `RTRToolMiddleware`: RTR as a tool the agent's own model can call to
   answer a self-contained question. Tool calls of one model turn run in parallel, so each takes
   an even share of what is left, split among the turn's calls to the tool.
@@ -257,10 +257,27 @@ def create_rtr_tool(
     )
 
 
-class RTRToolMiddleware(AgentMiddleware[RTRAgentState, Any, Any]):
-    """Adds the RTR tool (`create_rtr_tool`) and the `RTRAgentState` keys to an agent."""
+class _BudgetDefaultMiddleware(AgentMiddleware[RTRAgentState, Any, Any]):
+    """The RTR state keys, with the default budget put in unless the caller gave one."""
 
     state_schema = RTRAgentState
+    budget: Budget
+
+    def before_agent(self, state: RTRAgentState, runtime: Runtime[Any]) -> dict[str, Any] | None:
+        """Put the default budget in the state unless the caller gave one."""
+        if state.get("rtr_budget") is None and not self.budget.total.unbounded:
+            return {"rtr_budget": self.budget.to_spec()}
+        return None
+
+    async def abefore_agent(
+        self, state: RTRAgentState, runtime: Runtime[Any]
+    ) -> dict[str, Any] | None:
+        """Async `before_agent`."""
+        return self.before_agent(state, runtime)
+
+
+class RTRToolMiddleware(_BudgetDefaultMiddleware):
+    """Adds the RTR tool (`create_rtr_tool`) and the `RTRAgentState` keys to an agent."""
 
     def __init__(
         self,
@@ -288,12 +305,6 @@ class RTRToolMiddleware(AgentMiddleware[RTRAgentState, Any, Any]):
             )
         ]
 
-    def before_agent(self, state: RTRAgentState, runtime: Runtime[Any]) -> dict[str, Any] | None:
-        """Put the default budget in the state unless the caller gave one."""
-        if state.get("rtr_budget") is None and not self.budget.total.unbounded:
-            return {"rtr_budget": self.budget.to_spec()}
-        return None
-
 
 def _exhausted_message() -> AIMessage:
     return AIMessage(
@@ -310,7 +321,7 @@ def _described(fallback: Fallback) -> list[str]:
 
 
 # --------------------------------------------------------------------------- middleware
-class RTRMiddleware(AgentMiddleware[RTRAgentState, Any, Any]):
+class RTRMiddleware(_BudgetDefaultMiddleware):
     """Route each model call of an agent to a (model, strategy) pair within a budget.
 
     Per call: the latest human message is routed among the pairs whose strategy is not a
@@ -330,8 +341,6 @@ class RTRMiddleware(AgentMiddleware[RTRAgentState, Any, Any]):
         min_call_tokens: Smallest `max_tokens` a call is made with.
         input_tokens: Upper bound on a prompt's tokens (default: UTF-8 bytes + overhead).
     """
-
-    state_schema = RTRAgentState
 
     def __init__(
         self,
@@ -356,18 +365,6 @@ class RTRMiddleware(AgentMiddleware[RTRAgentState, Any, Any]):
         self.rtr = rtr
         self.budget = self.planner.budget
         self.input_tokens = input_tokens
-
-    def before_agent(self, state: RTRAgentState, runtime: Runtime[Any]) -> dict[str, Any] | None:
-        """Put the default budget in the state unless the caller gave one."""
-        if state.get("rtr_budget") is None and not self.budget.total.unbounded:
-            return {"rtr_budget": self.budget.to_spec()}
-        return None
-
-    async def abefore_agent(
-        self, state: RTRAgentState, runtime: Runtime[Any]
-    ) -> dict[str, Any] | None:
-        """Async `before_agent`."""
-        return self.before_agent(state, runtime)
 
     # ----------------------------------------------------------------- ending
     @hook_config(can_jump_to=["end"])
@@ -445,7 +442,9 @@ class RTRMiddleware(AgentMiddleware[RTRAgentState, Any, Any]):
             settings = {**request.model_settings}
             settings.update(self.rtr.strategies[strategy].model_kwargs() or {})
             spec = self.planner.node.settings.spec(model)
-            max_tokens = smallest_cap(task["max_tokens"], spec.max_tokens)
+            max_tokens = smallest_cap(
+                task["max_tokens"], spec.max_tokens, request.model_settings.get("max_tokens")
+            )
             if max_tokens is not None:
                 settings["max_tokens"] = max_tokens
             applied = self._apply(request, strategy).override(

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from langchain.agents import create_agent
+from langchain.agents.middleware import ModelRequest, wrap_model_call
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
@@ -97,6 +98,21 @@ def test_middleware_routes_each_call_and_books_spend() -> None:
     # The second call's cap is what was left after the first.
     caps = [c["max_tokens"] for c in calls_of(models)]
     assert caps[1] <= 500 - calls_of(models)[0]["output_tokens"]
+
+
+def test_middleware_keeps_a_smaller_max_tokens_the_agent_asked_for() -> None:
+    models = agent_models()
+    rtr, _ = make_rtr(models=models)  # type: ignore[arg-type]
+
+    @wrap_model_call
+    def cap_at_7(request: ModelRequest[Any], handler: Any) -> Any:
+        return handler(request.override(model_settings={**request.model_settings, "max_tokens": 7}))
+
+    mw = RTRMiddleware(rtr, budget=Budget(tokens=500))
+    agent = create_agent(models["big"], middleware=[cap_at_7, mw])
+    out = agent.invoke({"messages": [HumanMessage("What is 3 + 4?")]})
+    assert [c["max_tokens"] for c in calls_of(models)] == [7]
+    assert out["messages"][-1].response_metadata["rtr"]["max_tokens"] == 7
 
 
 def test_middleware_applies_the_strategy_prompt() -> None:
