@@ -21,6 +21,7 @@ import csv
 import json
 import os
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -131,9 +132,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
+class _StubServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Quiet about clients closing their kept-alive connections at exit (not a failure)."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 def start_stub_server() -> tuple[ThreadingHTTPServer, str]:
     """An OpenAI-compatible /v1/chat/completions on 127.0.0.1 (usage also when streaming)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server = _StubServer(("127.0.0.1", 0), _Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}/v1"

@@ -117,6 +117,7 @@ def write_models_file(specs: Mapping[str, ModelSpec], path: Path) -> Path:
             "base_url": s.base_url,
             "served_name": s.served_name,
             "max_tokens": s.max_tokens,
+            **({"first_byte_timeout_s": t} if (t := s.first_byte_timeout_s) else {}),
         }
         for s in specs.values()
     ]
@@ -536,6 +537,12 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=180.0, help="per request, client side")
     ap.add_argument("--baseline-seconds", type=float, default=15.0, help="stub only")
     ap.add_argument("--json", type=Path, help="write the figures here")
+    ap.add_argument(
+        "--first-byte-timeout",
+        type=float,
+        help="the backends' first_byte_timeout_s in the server's models file (default: the "
+        "package's)",
+    )
     ap.add_argument("--workers", type=int, default=1, help="RTR server processes")
     ap.add_argument(
         "--max-route-batch", type=int, default=ServerSettings().max_route_batch, help="server"
@@ -615,6 +622,7 @@ def main() -> None:
                 base_url=urls[n],
                 served_name=n,
                 max_tokens=32,
+                first_byte_timeout_s=args.first_byte_timeout,
             )
             for n in NAMES
         }
