@@ -117,7 +117,7 @@ def write_models_file(specs: Mapping[str, ModelSpec], path: Path) -> Path:
             "base_url": s.base_url,
             "served_name": s.served_name,
             "max_tokens": s.max_tokens,
-            **({"first_byte_timeout_s": t} if (t := s.first_byte_timeout_s) else {}),
+            "first_byte_timeout_s": s.first_byte_timeout_s,
         }
         for s in specs.values()
     ]

@@ -69,7 +69,9 @@ def trained_models(directory: str | Path) -> set[str]:
     For a caller holding a whole models file (the server) that must pass only these to `load`.
     """
     path = Path(directory) / "router.json"
-    pairs = read_json_object(path, RoutingError).get("pairs", [])
+    pairs = read_json_object(path, RoutingError).get("pairs")
+    if not pairs:  # save_router always writes them: an empty set would drop every endpoint
+        raise RoutingError(f"{path}: no pairs (not a router saved by save_router?)")
     try:
         return {str(model) for model, _ in pairs}
     except (TypeError, ValueError) as exc:

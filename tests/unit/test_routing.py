@@ -466,6 +466,10 @@ def test_trained_models_reads_a_saved_routers_models_without_loading_it(tmp_path
     (path / "router.json").write_text(json.dumps(config))
     with pytest.raises(RoutingError, match=r"router\.json: pairs must be \[model, strategy\]"):
         trained_models(path)
+    del config["pairs"]
+    (path / "router.json").write_text(json.dumps(config))
+    with pytest.raises(RoutingError, match=r"router\.json: no pairs"):
+        trained_models(path)
     with pytest.raises(RoutingError, match="router.json"):
         trained_models(tmp_path / "nowhere")
 
