@@ -66,6 +66,10 @@ class OnnxEncoder:
                 options.intra_op_num_threads = onnx_threads(self.threads)
                 options.inter_op_num_threads = 1
                 options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                # Spin while a run is on (waking threads per op is slower) but not after it:
+                # threads left spinning take the cores from the caller's own work between runs
+                # (the HTTP call that follows routing, a server's event loop).
+                options.add_session_config_entry("session.force_spinning_stop", "1")
                 path = self.directory / ONNX_FILE
                 if not path.is_file():
                     raise EncoderBackendError(

@@ -222,6 +222,16 @@ def test_onnx_int8_is_close(cache_root: Path, st_vectors: tuple[list[str], np.nd
     np.testing.assert_array_equal(encoder.encode(questions[1:2])[0], vectors[1])
 
 
+def test_onnx_threads_stop_spinning_after_each_run(cache_root: Path) -> None:
+    # Spinning threads left after a run took the cores from the HTTP call that follows routing
+    # (docs/encoders.md, "RTRRunnable overhead").
+    for backend in ("onnx", "onnx-int8"):
+        encoder = make_encoder(backend, cache=False, cache_dir=cache_root)
+        encoder.encode(["warm"])
+        options = encoder._session.get_session_options()
+        assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+
+
 def test_static_encoder_runs_and_ranks_like_the_full_encoder(
     cache_root: Path, st_vectors: tuple[list[str], np.ndarray]
 ) -> None:
