@@ -242,7 +242,7 @@ def projection_rows(data: str, seeds: list[int], alpha: float = 0.1) -> Any:
         p_test, p_train = projected.encode(test.questions), projected.encode(train.questions)
         report = evaluate_routing(
             test,
-            router.predictor.predict_embeddings(p_test),
+            router.predictor.predict_embeddings(p_test, test.questions),
             p_test,
             train,
             p_train,

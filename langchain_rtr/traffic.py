@@ -11,9 +11,10 @@ background thread turns it into a row and writes it. When the queue is full the 
 and counted (`TrafficLog.stats.dropped`): a slow disk never slows a routed call.
 
 Privacy: the question text (and the answer, which often quotes it) is written only with
-``store_questions=True``. Otherwise a row holds the question's SHA-256 and its embedding from the
-router's encoder, which is what refitting needs; the embedding is computed in the writer thread
-(a cache hit: the router has just encoded the question).
+``store_questions=True``. Otherwise a row holds the question's SHA-256, its embedding from the
+router's encoder and its three question features (counts of words, numbers and sentences), which
+is what refitting needs; the embedding is computed in the writer thread (a cache hit: the router
+has just encoded the question).
 
 Sinks: a path ending in ``.jsonl`` is one JSON object per line, appended; any other path is a
 folder of Parquet files (pyarrow), one per written batch, each renamed into place whole.
@@ -36,6 +37,7 @@ from typing import Any, Protocol
 
 from langchain_rtr.data.records import FIELD_NAMES
 from langchain_rtr.errors import ConfigError, RTRError
+from langchain_rtr.predictor.features import question_features
 
 TRAFFIC_SOURCE = "traffic"
 """The ``source`` of every logged call (a routing record needs one)."""
@@ -48,6 +50,7 @@ COLUMNS: tuple[str, ...] = (
     "question_sha256",
     "embedding",
     "encoder",
+    "question_features",
     "routed_model",
     "routed_strategy",
     "predicted_correctness",
@@ -155,6 +158,7 @@ def call_row(
         question_sha256=digest,
         embedding=None if embedding is None else [float(x) for x in embedding],
         encoder=encoder_id,
+        question_features=[float(x) for x in question_features([question])[0]],
         routed_model=routing.model,
         routed_strategy=routing.strategy,
         predicted_correctness=routing.predicted_correctness,
@@ -217,6 +221,7 @@ def _schema() -> Any:
         "cost": pa.float64(),
         "latency_s": pa.float64(),
         "embedding": pa.list_(pa.float32()),
+        "question_features": pa.list_(pa.float32()),
         "predicted_correctness": pa.float64(),
         "predicted_tokens": pa.float64(),
         "predicted_usd": pa.float64(),

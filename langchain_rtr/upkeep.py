@@ -21,6 +21,7 @@ from langchain_rtr.errors import ConfigError
 from langchain_rtr.predictor import RTRPredictor
 from langchain_rtr.predictor.adapt import AddModelConfig, RefitConfig, refit
 from langchain_rtr.predictor.adapt import add_model as add_model_to_predictor
+from langchain_rtr.predictor.features import question_features
 from langchain_rtr.routing import RTRRouter
 from langchain_rtr.specs import ModelSpec
 from langchain_rtr.traffic import TRAFFIC_SOURCE, read_rows
@@ -111,7 +112,8 @@ class LogOutcomes:
     Attributes:
         matrix: Scores (NaN where no feedback came) and measured output tokens (NaN where the
             answer was cut at ``max_tokens`` or continued by another model).
-        embeddings: ``[len(matrix), dim]`` question vectors of the router's encoder.
+        embeddings: ``[len(matrix), question_dim]``: the questions' vectors as the router's
+            heads read them (its encoder's, with the question features where it reads those).
         calls: Calls read; ``scored``: those with feedback.
         skipped: Calls left out, by reason.
     """
@@ -133,7 +135,8 @@ def log_outcomes(path: str | Path, router: RTRRouter) -> LogOutcomes:
         TrafficLogError: The log cannot be read.
         ConfigError: No call of the log can be used (with the reasons).
     """
-    encoder = _predictor_of(router).encoder
+    predictor = _predictor_of(router)
+    encoder, wants_features = predictor.encoder, predictor.config.question_features
     rows = read_rows(path)
     scores = {r["call_id"]: r["score"] for r in rows if r["kind"] == "feedback"}
     index = {p: j for j, p in enumerate(router.pairs)}
@@ -147,9 +150,13 @@ def log_outcomes(path: str | Path, router: RTRRouter) -> LogOutcomes:
             skipped["failed call" if row.get("error") else "pair not in the router"] += 1
             continue
         vector = None
+        hidden = str(row["question"]).startswith("sha256:")
+        if wants_features and row.get("question_features") is None and hidden:
+            skipped["no question features, no question text"] += 1  # a log from before them
+            continue
         if row.get("embedding") is not None and row.get("encoder") == encoder.id:
             vector = np.asarray(row["embedding"], np.float32)
-        elif str(row["question"]).startswith("sha256:"):
+        elif hidden:
             skipped["no embedding of the router's encoder, no question text"] += 1
             continue
         else:
@@ -161,6 +168,15 @@ def log_outcomes(path: str | Path, router: RTRRouter) -> LogOutcomes:
     vectors = [v for _, _, v in kept]
     for i, vector in zip(to_encode, encoded, strict=True):
         vectors[i] = np.asarray(vector, np.float32)
+    if wants_features:  # the heads read them beside the vector
+        for i, (row, _, _) in enumerate(kept):
+            logged = row.get("question_features")
+            features = (
+                np.asarray(logged, np.float32)
+                if logged is not None
+                else question_features([str(row["question"])])[0]
+            )
+            vectors[i] = np.concatenate([np.asarray(vectors[i], np.float32), features])
     n, n_pairs = len(kept), len(router.pairs)
     score = np.full((n, n_pairs), np.nan, np.float32)
     tokens = np.full((n, n_pairs), np.nan, np.float32)

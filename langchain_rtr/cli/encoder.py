@@ -235,7 +235,7 @@ def compare_backends(
                     encoder.encode(test.questions),
                     encoder.encode(train.questions),
                 )
-                prediction = router.predictor.predict_embeddings(test_emb)
+                prediction = router.predictor.predict_embeddings(test_emb, test.questions)
                 outputs[backend] = (router, test_emb, train_emb)
                 kw: dict[str, Any] = {
                     "cost_unit": router.cost_unit,

@@ -49,7 +49,6 @@ from langchain_rtr.evaluation.report import (
     MethodResult,
 )
 from langchain_rtr.predictor.calibration import reliability
-from langchain_rtr.predictor.cascade import CascadePredictor
 from langchain_rtr.routing import (
     DEFAULT_LAMBDA,
     CostModel,
@@ -363,11 +362,9 @@ def evaluate_router(
     encoder = router.predictor.encoder
     test_emb = np.asarray(encoder.encode(list(test.questions)), dtype=np.float32)
     train_emb = np.asarray(encoder.encode(list(train.questions)), dtype=np.float32)
-    prediction: PredictionLike
-    if isinstance(router.predictor, CascadePredictor):  # it re-encodes its doubtful questions
-        prediction = router.predictor.predict_embeddings(test_emb, list(test.questions))
-    else:
-        prediction = router.predictor.predict_embeddings(test_emb)
+    # The texts too: a cascade re-encodes its doubtful questions, and question features are
+    # read from them.
+    prediction = router.predictor.predict_embeddings(test_emb, list(test.questions))
     kwargs.setdefault("cost_unit", router.cost_unit)
     kwargs.setdefault("cost_scale", router.cost_scale)
     kwargs.setdefault("strategy_overhead_tokens", router.cost_model.strategy_overhead_tokens)

@@ -192,7 +192,8 @@ def _outcome_arrays(
             score[:, j] = outcomes.score[:, columns[pair]]
             tokens[:, j] = outcomes.output_tokens[:, columns[pair]]
     keep = np.isfinite(score).any(axis=1)
-    questions = predictor.encoder.encode([outcomes.questions[i] for i in np.flatnonzero(keep)])
+    texts = [outcomes.questions[i] for i in np.flatnonzero(keep)]
+    questions = predictor.question_vectors(texts)
     return score[keep], tokens[keep], np.asarray(questions, np.float32)
 
 
@@ -431,8 +432,9 @@ def refit(
     Args:
         predictor: The current predictor (left unchanged).
         outcomes: New outcomes on pairs the predictor knows.
-        embeddings: The questions' vectors ``[len(outcomes), dim]`` from the predictor's
-            encoder (a traffic log keeps them); default: encode ``outcomes.questions``.
+        embeddings: The questions' vectors ``[len(outcomes), question_dim]`` as the heads read
+            them (:meth:`RTRPredictor.question_vectors`; a traffic log keeps what they are
+            made of); default: made from ``outcomes.questions``.
         config: Fine-tuning knobs; default :class:`RefitConfig()`.
         progress: Called after each epoch with ``(epoch, train_loss, validation_loss)``.
 
@@ -455,7 +457,7 @@ def refit(
     if not (np.isfinite(score).any() or np.isfinite(tokens).any()):
         raise PredictorError("the outcomes hold neither a score nor a length to refit on")
     if embeddings is None:
-        embeddings = predictor.encoder.encode(list(outcomes.questions))
+        embeddings = predictor.question_vectors(outcomes.questions)
     questions = np.ascontiguousarray(embeddings, np.float32)
     if questions.shape != (n, predictor.question_dim):
         raise PredictorError(

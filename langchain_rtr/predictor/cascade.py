@@ -149,7 +149,7 @@ class CascadePredictor:
             PredictorError: Some rows need the full predictor and ``questions`` is missing or of
                 another length (the full encoder needs the texts).
         """
-        quick = self.fast.predict_embeddings(embeddings)
+        quick = self.fast.predict_embeddings(embeddings, questions)
         n = quick.correctness.shape[0]
         if questions is not None and len(questions) != n:
             raise PredictorError(f"{len(questions)} questions for {n} embeddings")

@@ -36,6 +36,7 @@ from langchain_rtr.predictor.encoder import (
     uncached,
 )
 from langchain_rtr.predictor.extras import require
+from langchain_rtr.predictor.features import QUESTION_FEATURES
 from langchain_rtr.predictor.scoring import NumpyScorer, ScoringError, member_prefixes
 from langchain_rtr.predictor.types import CheckpointError, Pair, TrainConfig
 from langchain_rtr.quantiles import LengthQuantiles, QuantileError
@@ -58,7 +59,7 @@ def write_checkpoint(predictor: RTRPredictor, directory: str | Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: np.ascontiguousarray(v) for k, v in predictor.state_dict().items()}
     inner = uncached(predictor.encoder)
-    encoder_info: dict[str, Any] = {"id": predictor.encoder.id, "dim": predictor.question_dim}
+    encoder_info: dict[str, Any] = {"id": predictor.encoder.id, "dim": predictor.encoder_dim}
     if isinstance(inner, SentenceTransformerEncoder) and inner.id != SENTENCE_TRANSFORMERS_ID:
         encoder_info["name_or_path"] = inner._source or inner.name
     config: dict[str, Any] = {
@@ -140,7 +141,8 @@ def read_checkpoint(
         strategies = [str(s) for s in config["strategies"]]
         pairs = [(str(m), str(s)) for m, s in config["pairs"]]
         enc_id, enc_dim = str(config["encoder"]["id"]), int(config["encoder"]["dim"])
-        hyper = TrainConfig.from_dict(config["hyperparameters"])
+        # A checkpoint from before the knob was trained without question features.
+        hyper = TrainConfig.from_dict({"question_features": False, **config["hyperparameters"]})
         has_length = bool(config["has_length_head"])
         norm = config.get("length_normalisation") or {}
         length_scale = float(norm["scale"]) if has_length else None
@@ -258,9 +260,13 @@ def _expected_shapes(
     hyper: TrainConfig,
     has_length: bool,
 ) -> dict[str, tuple[int, ...]]:
-    """The tensors of an ``RTREnsemble`` with this configuration, and their shapes."""
+    """The tensors of an ``RTREnsemble`` with this configuration, and their shapes.
+
+    ``dim`` is the encoder's; the heads take it plus the question features, if any.
+    """
     learn, hidden = hyper.learnable_dim, hyper.hidden
     pair_dim = 2 * dim + 2 * learn
+    question_dim = dim + (len(QUESTION_FEATURES) if hyper.question_features else 0)
     one: dict[str, tuple[int, ...]] = {
         "model_text": (n_models, dim),
         "strategy_text": (n_strategies, dim),
@@ -271,7 +277,7 @@ def _expected_shapes(
     }
     for head in ("correctness", "length") if has_length else ("correctness",):
         one |= {
-            f"{head}.question.weight": (hidden, dim),
+            f"{head}.question.weight": (hidden, question_dim),
             f"{head}.pair.weight": (hidden, pair_dim),
             f"{head}.pair.bias": (hidden,),
             f"{head}.out.weight": (1, hidden),
@@ -315,11 +321,12 @@ def net_from_state(
     prefixes = member_prefixes(state)
     first = prefixes[0]
     dim = int(state[f"{first}correctness.question.weight"].shape[1])
+    text_dim = int(state[f"{first}model_text"].shape[1])
     with torch.random.fork_rng(devices=[]):  # initial values are overwritten below
         members = [
             RTRNet(
-                torch.zeros(state[f"{p}model_text"].shape[0], dim),
-                torch.zeros(state[f"{p}strategy_text"].shape[0], dim),
+                torch.zeros(state[f"{p}model_text"].shape[0], text_dim),
+                torch.zeros(state[f"{p}strategy_text"].shape[0], text_dim),
                 torch.from_numpy(np.asarray(state[f"{p}pair_model"], dtype=np.int64)),
                 torch.from_numpy(np.asarray(state[f"{p}pair_strategy"], dtype=np.int64)),
                 question_dim=dim,

@@ -31,6 +31,7 @@ from langchain_rtr.predictor.checkpoint import (
     write_checkpoint,
 )
 from langchain_rtr.predictor.encoder import QuestionEncoder
+from langchain_rtr.predictor.features import QUESTION_FEATURES, with_question_features
 from langchain_rtr.predictor.scoring import NumpyScorer, member_prefixes
 from langchain_rtr.predictor.training import member_seeds, train_ensemble, unique
 from langchain_rtr.predictor.types import (
@@ -137,8 +138,14 @@ class RTRPredictor:
         return f"{member_prefixes(self._state)[0]}length.out.weight" in self._state
 
     @property
+    def encoder_dim(self) -> int:
+        """Size of the encoder's vectors (the question vectors less the question features)."""
+        extra = len(QUESTION_FEATURES) if self.config.question_features else 0
+        return self.question_dim - extra
+
+    @property
     def question_dim(self) -> int:
-        """Size of the question vectors the heads take."""
+        """Size of the question vectors the heads take (see :meth:`question_vectors`)."""
         if self._net is not None:
             return self._net.question_dim
         assert self._state is not None
@@ -207,10 +214,28 @@ class RTRPredictor:
     def predict(self, questions: Sequence[str]) -> Prediction:
         """Encode ``questions`` (through the encoder's cache) and score every pair."""
         questions = check_questions(questions, where="RTRPredictor.predict questions")
-        return self.predict_embeddings(self.encoder.encode(questions))
+        return self.predict_embeddings(self.encoder.encode(questions), questions)
 
-    def predict_embeddings(self, embeddings: np.ndarray) -> Prediction:
-        """Score every pair for already-encoded questions ``[n, dim]`` (a single ``[dim]`` too).
+    def question_vectors(self, questions: Sequence[str]) -> np.ndarray:
+        """What the heads read for ``questions``: ``[n, question_dim]``.
+
+        The encoder's vectors, with the question features appended where the predictor was
+        trained with them.
+        """
+        questions = list(questions)
+        vectors = self.encoder.encode(questions)
+        if not self.config.question_features:
+            return np.asarray(vectors, np.float32)
+        return with_question_features(vectors, questions)
+
+    def predict_embeddings(
+        self, embeddings: np.ndarray, questions: Sequence[str] | None = None
+    ) -> Prediction:
+        """Score every pair for questions already encoded: ``[n, dim]`` (a single ``[dim]`` too).
+
+        ``embeddings`` are the encoder's vectors, with ``questions``, their texts, where the
+        predictor was trained with question features (:mod:`~langchain_rtr.predictor.features`);
+        or :meth:`question_vectors`, which hold the features already.
 
         Runs in numpy (:mod:`~langchain_rtr.predictor.scoring`): both heads' question blocks as
         one product over the whole batch, then the ``[n, P, hidden]`` part in chunks small
@@ -219,10 +244,23 @@ class RTRPredictor:
         q = np.asarray(embeddings, dtype=np.float32)
         if q.ndim == 1:
             q = q[None, :]
-        if q.ndim != 2 or q.shape[1] != self.question_dim:
+        if q.ndim != 2 or q.shape[1] not in (self.encoder_dim, self.question_dim):
             raise PredictorError(
-                f"embeddings have shape {q.shape}; expected (n, {self.question_dim})"
+                f"embeddings have shape {q.shape}; expected (n, {self.encoder_dim})"
+                + (
+                    f" or, with the features, (n, {self.question_dim})"
+                    if self.config.question_features
+                    else ""
+                )
             )
+        if q.shape[1] != self.question_dim:
+            if questions is None or len(questions) != q.shape[0]:
+                given = "no questions" if questions is None else f"{len(questions)} questions"
+                raise PredictorError(
+                    f"{given} for {q.shape[0]} embeddings: this predictor also reads the "
+                    "question texts (it was trained with question features)"
+                )
+            q = with_question_features(q, questions)
         correctness, length = self._numpy_scorer().score(q)
         return Prediction(self._calibrated(correctness), length, self.length_quantiles)
 

@@ -23,6 +23,10 @@ import numpy as np
 
 from langchain_rtr.errors import RTRError
 
+MAX_LOG_TOKENS = np.float32(np.log1p(1e7))
+"""Predicted lengths stop at ten million tokens: far-off inputs (the question features are not
+bounded) must not overflow float32 into an infinite length."""
+
 SCORE_BLOCK_ELEMENTS = 2_048 * 768
 """Elements per ``[questions, pairs, hidden]`` block (6 MB of float32), whatever the hidden
 width: a block that stays in cache is what keeps batched scoring fast."""
@@ -175,7 +179,8 @@ class NumpyScorer:
             correctness[start : start + step] = sigmoid(self.correctness.apply(block[:, :hidden]))
             if length is not None and self.length is not None:
                 raw = softplus(self.length.apply(block[:, hidden:]))
-                length[start : start + step] = np.expm1(raw * np.float32(self.length_scale))
+                log_tokens = np.minimum(raw * np.float32(self.length_scale), MAX_LOG_TOKENS)
+                length[start : start + step] = np.expm1(log_tokens)
         return correctness, length
 
 

@@ -18,6 +18,7 @@ from langchain_rtr.data.matrix import OutcomeMatrix
 from langchain_rtr.predictor.calibration import PlattCalibration, member_validation_logits
 from langchain_rtr.predictor.encoder import QuestionEncoder, default_encoder
 from langchain_rtr.predictor.extras import require
+from langchain_rtr.predictor.features import with_question_features
 from langchain_rtr.predictor.members import MemberData, default_workers, train_members
 from langchain_rtr.predictor.types import (
     Pair,
@@ -124,7 +125,10 @@ def train_ensemble(
     has_lengths = bool(np.isfinite(tokens[rows]).any())
 
     encoder = encoder if encoder is not None else default_encoder()
-    questions = encoder.encode([train.questions[i] for i in rows])
+    texts = [train.questions[i] for i in rows]
+    questions = encoder.encode(texts)
+    if config.question_features:
+        questions = with_question_features(questions, texts)
     descriptions = encoder.encode(model_texts + strategy_texts)
 
     length_scale: float | None = None

@@ -93,6 +93,10 @@ class TrainConfig:
         workers: Processes the members train in at once (``None``: the usable cores, for a
             training set big enough to gain; :mod:`~langchain_rtr.predictor.members`). The
             weights do not depend on it.
+        question_features: Give the heads the question's word, number and sentence counts
+            beside its vector (:mod:`~langchain_rtr.predictor.features`); chosen on
+            validation parts (docs/quality.md). A checkpoint saved before this knob has
+            none.
     """
 
     learnable_dim: int = 64
@@ -111,6 +115,7 @@ class TrainConfig:
     ensemble: int = 5
     calibrate: bool = True
     workers: int | None = None
+    question_features: bool = True
 
     def __post_init__(self) -> None:
         checks = {

@@ -90,8 +90,10 @@ class PredictorLike(Protocol):
         """Predict for question texts."""
         ...
 
-    def predict_embeddings(self, embeddings: np.ndarray) -> PredictionLike:
-        """Predict for already encoded questions."""
+    def predict_embeddings(
+        self, embeddings: np.ndarray, questions: Sequence[str] | None = None
+    ) -> PredictionLike:
+        """Predict for already encoded questions (with their texts, which some predictors read)."""
         ...
 
     def save(self, directory: str | Path) -> None:

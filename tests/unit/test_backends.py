@@ -332,7 +332,7 @@ def test_retrain_on_another_encoder(int8_checkpoint: Path, cache_root: Path) -> 
     matrix, _, _ = topic_matrix()
     static = make_encoder("static", cache_dir=cache_root)
     moved = RTRPredictor.load(int8_checkpoint, encoder=static, retrain_on=matrix)
-    assert moved.encoder.id == static.id and moved.question_dim == static.dim
+    assert moved.encoder.id == static.id and moved.encoder_dim == static.dim
     assert moved.config == FAST  # trained like the original
     test, _, _ = topic_matrix(n=20, seed=7)
     p = moved.predict(test.questions).correctness

@@ -146,7 +146,7 @@ def test_a_question_is_routed_the_same_alone_or_in_a_batch(halves) -> None:
 def test_embeddings_alone_suffice_only_when_nothing_is_sent_on(halves) -> None:
     fast, full, train = halves
     test = topic_matrix(8, seed=5)
-    emb = fast.encoder.encode(test.questions)
+    emb = fast.question_vectors(test.questions)  # what the fast heads read, features included
     cascade = CascadePredictor.fit(fast, full, train.questions, share=0.25)
     with pytest.raises(PredictorError, match="pass the 8 questions"):
         cascade.predict_embeddings(emb)

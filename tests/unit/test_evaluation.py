@@ -330,7 +330,9 @@ class TablePredictor:
     def predict(self, questions: Sequence[str]) -> Pred:
         return self.predict_embeddings(self.encoder.encode(questions))
 
-    def predict_embeddings(self, embeddings: np.ndarray) -> Pred:
+    def predict_embeddings(
+        self, embeddings: np.ndarray, questions: Sequence[str] | None = None
+    ) -> Pred:
         rows = [self.by_vector[e.astype(np.float32).tobytes()] for e in embeddings]
         return Pred(np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows]))
 

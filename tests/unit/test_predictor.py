@@ -215,8 +215,15 @@ def test_bad_config_and_inputs_are_rejected() -> None:
         predictor.predict_embeddings(np.zeros((3, 5), np.float32))
     with pytest.raises(QuestionTypeError, match="sequence"):  # the one input gate
         predictor.predict("alpha")  # type: ignore[arg-type]
-    single = predictor.predict_embeddings(np.zeros(32, np.float32))
+    # The encoder's vectors alone are not what a predictor with question features reads.
+    with pytest.raises(PredictorError, match="no questions for 1 embeddings"):
+        predictor.predict_embeddings(np.zeros(32, np.float32))
+    with pytest.raises(PredictorError, match="2 questions for 1 embeddings"):
+        predictor.predict_embeddings(np.zeros(32, np.float32), ["a", "b"])
+    single = predictor.predict_embeddings(np.zeros(32, np.float32), ["alpha one"])
     assert single.correctness.shape == (1, 4)
+    ready = predictor.predict_embeddings(predictor.question_vectors(["alpha one"]))
+    np.testing.assert_array_equal(ready.correctness, predictor.predict(["alpha one"]).correctness)
 
 
 # ----------------------------------------------------------------- the scorer itself
@@ -239,7 +246,7 @@ def test_factorised_head_equals_the_concatenated_mlp() -> None:
 def test_fast_inference_path_matches_the_network() -> None:
     config = TrainConfig(hidden=32, max_epochs=3, calibrate=False)  # the network alone
     predictor = train_fake(planted_matrix(60, seed=18), config)
-    embeddings = TopicEncoder().encode(planted_matrix(50, seed=19).questions)
+    embeddings = predictor.question_vectors(planted_matrix(50, seed=19).questions)
     pred = predictor.predict_embeddings(embeddings)
     with torch.no_grad():
         logits, log_length = predictor.net(torch.from_numpy(embeddings))
@@ -268,7 +275,7 @@ def test_an_ensemble_averages_its_members_raw_outputs() -> None:
     predictor = train_fake(planted_matrix(80, seed=20), config)
     members = list(predictor.net.members)
     assert len(members) == 3
-    q = torch.from_numpy(TopicEncoder().encode(planted_matrix(30, seed=21).questions))
+    q = torch.from_numpy(predictor.question_vectors(planted_matrix(30, seed=21).questions))
     with torch.no_grad():
         raws = [member.raw(q) for member in members]
     logits = torch.stack([r[0] for r in raws]).mean(0)
