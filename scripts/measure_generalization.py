@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         console.print(
             render(
                 f"{args.data} {name}, cost in {unit}",
-                args.seeds,
+                [str(seed) for seed in args.seeds],
                 r["per_seed"],
                 r["mean"],
             )
