@@ -52,11 +52,10 @@ def route(correctness: np.ndarray, tokens: np.ndarray | None) -> np.ndarray:
 
 def random_predictor(n_models: int, n_strategies: int, dim: int = 384) -> RTRPredictor:
     """A predictor of the default size (``TrainConfig().ensemble`` networks) with random weights:
-    speed does not depend on training. It reads the encoder's vectors alone: the question
-    features add three input columns (bench_encoders.py routes with them, end to end)."""
+    speed does not depend on training."""
     torch.manual_seed(0)
     pairs = [(f"m{i}", f"s{j}") for i in range(n_models) for j in range(n_strategies)]
-    config = TrainConfig(question_features=False)
+    config = TrainConfig()
     members = [
         RTRNet(
             torch.randn(n_models, dim),

@@ -203,6 +203,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     knobs.add_argument("--length-weight", type=float)
     knobs.add_argument("--validation-fraction", type=float)
     knobs.add_argument("--ensemble", type=int, help="networks averaged (default 5)")
+    knobs.add_argument(
+        "--question-features",
+        action="store_const",
+        const=True,
+        help="the heads also read word, number and sentence counts (default off)",
+    )
     return parser.parse_args(argv)
 
 
@@ -225,6 +231,7 @@ def main(argv: list[str] | None = None) -> None:
             "length_weight": args.length_weight,
             "validation_fraction": args.validation_fraction,
             "ensemble": args.ensemble,
+            "question_features": args.question_features,
         }.items()
         if v is not None
     }

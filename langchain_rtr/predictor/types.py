@@ -94,9 +94,10 @@ class TrainConfig:
             training set big enough to gain; :mod:`~langchain_rtr.predictor.members`). The
             weights do not depend on it.
         question_features: Give the heads the question's word, number and sentence counts
-            beside its vector (:mod:`~langchain_rtr.predictor.features`); chosen on
-            validation parts (docs/quality.md). A checkpoint saved before this knob has
-            none.
+            beside its vector (:mod:`~langchain_rtr.predictor.features`). Off by default:
+            on validation parts they made length predictions better where the questions
+            resemble the training ones, and routing no better where they do not
+            (docs/quality.md, "Question features").
     """
 
     learnable_dim: int = 64
@@ -115,7 +116,7 @@ class TrainConfig:
     ensemble: int = 5
     calibrate: bool = True
     workers: int | None = None
-    question_features: bool = True
+    question_features: bool = False
 
     def __post_init__(self) -> None:
         checks = {

@@ -215,7 +215,12 @@ def test_bad_config_and_inputs_are_rejected() -> None:
         predictor.predict_embeddings(np.zeros((3, 5), np.float32))
     with pytest.raises(QuestionTypeError, match="sequence"):  # the one input gate
         predictor.predict("alpha")  # type: ignore[arg-type]
+    single = predictor.predict_embeddings(np.zeros(32, np.float32))
+    assert single.correctness.shape == (1, 4)
     # The encoder's vectors alone are not what a predictor with question features reads.
+    predictor = train_fake(
+        planted_matrix(40, seed=9), TrainConfig(hidden=16, max_epochs=2, question_features=True)
+    )
     with pytest.raises(PredictorError, match="no questions for 1 embeddings"):
         predictor.predict_embeddings(np.zeros(32, np.float32))
     with pytest.raises(PredictorError, match="2 questions for 1 embeddings"):

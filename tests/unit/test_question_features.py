@@ -20,6 +20,8 @@ from langchain_rtr.upkeep import log_outcomes
 from tests.unit.test_predictor import FAST, MODELS, STRATEGIES, TopicEncoder
 from tests.unit.test_traffic import logged_call
 
+FEATURED = replace(FAST, question_features=True)
+
 
 @pytest.fixture(autouse=True)
 def _cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -81,7 +83,7 @@ def test_the_length_head_reads_what_the_vector_cannot() -> None:
         assert tokens is not None
         return float(np.median(np.abs(np.log1p(tokens[:, 0]) - np.log1p(real))))
 
-    with_features, without = error(FAST), error(replace(FAST, question_features=False))
+    with_features, without = error(FEATURED), error(FAST)
     assert with_features < 0.5 * without, (with_features, without)
 
 
@@ -112,7 +114,7 @@ def test_a_checkpoint_from_before_the_features_loads_without_them(tmp_path: Path
 def test_a_log_keeps_the_features_that_a_refit_reads_without_the_texts(tmp_path: Path) -> None:
     encoder = TopicEncoder()
     predictor = RTRPredictor.train(
-        counted_matrix(80, seed=5), MODELS, STRATEGIES, encoder=encoder, config=FAST
+        counted_matrix(80, seed=5), MODELS, STRATEGIES, encoder=encoder, config=FEATURED
     )
     specs = {m: ModelSpec(name=m, description=d) for m, d in MODELS.items()}
     router = RTRRouter(predictor, specs, cost_unit="tokens", cost_scale=100.0)
