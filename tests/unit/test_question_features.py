@@ -4,6 +4,7 @@ from before them."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from langchain_rtr.data.matrix import OutcomeMatrix
+from langchain_rtr.errors import ConfigError
 from langchain_rtr.predictor import RTRPredictor, TrainConfig
 from langchain_rtr.predictor.features import QUESTION_FEATURES, question_features
 from langchain_rtr.routing import RTRRouter
@@ -66,7 +68,9 @@ def counted_matrix(n: int, seed: int) -> OutcomeMatrix:
 class NumberBlindEncoder(TopicEncoder):
     """The topic direction and noise from the question's words alone, never its numbers."""
 
-    def encode(self, texts, *, batch_size=64, show_progress=False):  # type: ignore[no-untyped-def]
+    def encode(
+        self, texts: Sequence[str], *, batch_size: int = 64, show_progress: bool = False
+    ) -> np.ndarray:
         words = [" ".join(w for w in t.split() if not w.isdigit()) for t in texts]
         return super().encode(words, batch_size=batch_size, show_progress=show_progress)
 
@@ -139,5 +143,5 @@ def test_a_log_keeps_the_features_that_a_refit_reads_without_the_texts(tmp_path:
     # A log written before the features, without the texts, cannot feed this router.
     older = tmp_path / "older.jsonl"
     write_rows(older, [{**r, "question_features": None} for r in rows])
-    with pytest.raises(Exception, match="no question features, no question text"):
+    with pytest.raises(ConfigError, match="no question features, no question text"):
         log_outcomes(older, router)
