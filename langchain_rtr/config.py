@@ -5,6 +5,7 @@ One YAML file lists the candidate models (issue 3 item 4). Each entry becomes a
 starts a local vLLM server for it. Example (see ``examples/models.cpu.yaml``)::
 
     serve_defaults:              # optional, merged under every model's serve section
+                                 # (env merged key by key, extra_args the model's after these)
       python: ../.venv-vllm/bin/python
       env: {VLLM_CPU_KVCACHE_SPACE: 1}
     timeouts: {connect_s: 3, first_byte_s: 10}   # optional, for models without their own
@@ -367,12 +368,25 @@ def _apply_serve_defaults(data: dict[str, Any]) -> dict[str, Any]:
     merged_models: list[Any] = []
     for item in models:
         if isinstance(item, dict) and isinstance(item.get("serve"), dict):
-            serve = {**defaults, **item["serve"]}
-            if isinstance(defaults.get("env"), dict) and isinstance(item["serve"].get("env"), dict):
-                serve["env"] = {**defaults["env"], **item["serve"]["env"]}
+            own = item["serve"]
+            serve = {**defaults, **own}
+            if isinstance(defaults.get("env"), dict) and isinstance(own.get("env"), dict):
+                serve["env"] = {**defaults["env"], **own["env"]}
+            # A model's flags add to the shared ones (its own come last, so a repeated
+            # vLLM flag takes the model's value).
+            shared, added = _arg_list(defaults.get("extra_args")), _arg_list(own.get("extra_args"))
+            if shared is not None and added is not None:
+                serve["extra_args"] = [*shared, *added]
             item = {**item, "serve": serve}
         merged_models.append(item)
     return {**data, "models": merged_models}
+
+
+def _arg_list(value: Any) -> list[Any] | None:
+    """``extra_args`` as a list (a string is split as the field's validator splits it)."""
+    if isinstance(value, str):
+        return value.split()
+    return value if isinstance(value, list) else None
 
 
 def _resolve_paths(serve: ServeConfig, base_dir: Path | None) -> ServeConfig:

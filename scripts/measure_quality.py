@@ -47,7 +47,11 @@ from rich.table import Table
 
 from langchain_rtr import workflow
 from langchain_rtr.evaluation import EvaluationReport
-from langchain_rtr.evaluation.report import APGR_PER_QUESTION_SUFFIX, KIND_MODEL_BEST
+from langchain_rtr.evaluation.report import (
+    APGR_PER_QUESTION_SUFFIX,
+    KIND_MODEL_BEST,
+    KIND_SOURCE_BEST,
+)
 from langchain_rtr.predictor import TrainConfig
 from langchain_rtr.routing import CostUnit
 
@@ -94,6 +98,8 @@ def summarise(report: EvaluationReport) -> dict[str, Any]:
         out[f"{key}_apgr_per_question"] = _f(apgrs.get(key + APGR_PER_QUESTION_SUFFIX))
     out["singles_aiq"] = _f(report.aiq.get("singles"))
     out["model_best_aiq"] = _f(report.aiq.get(KIND_MODEL_BEST))
+    source_best = [m for m in report.methods if m.kind == KIND_SOURCE_BEST]
+    out["source_best_accuracy"] = source_best[0].accuracy if source_best else float("nan")
     return out
 
 
@@ -151,6 +157,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("KNN max accuracy (sweep)", "knn_max_accuracy", ""),
     ("RTR λ=0.9 accuracy", "rtr_default_accuracy", ""),
     ("RTR λ=0.9 cost", "rtr_default_cost", "cost"),
+    ("best pair for each source, accuracy", "source_best_accuracy", ""),
     ("oracle accuracy", "oracle_accuracy", ""),
     ("oracle cost", "oracle_cost", "cost"),
     ("random accuracy", "random_accuracy", ""),

@@ -45,6 +45,7 @@ from langchain_rtr.evaluation.report import (
     KIND_RANDOM,
     KIND_RTR,
     KIND_SINGLE,
+    KIND_SOURCE_BEST,
     EvaluationReport,
     MethodResult,
 )
@@ -193,6 +194,7 @@ def evaluate_routing(
     methods.append(MethodResult("oracle", KIND_ORACLE, outcomes.metrics(oracle_choices(outcomes))))
     model_best = _best_strategy_per_model(order, train, outcomes)
     methods.extend(model_best)
+    methods.extend(_best_pair_per_source(train, outcomes))
     for kind, acc, cost in ((KIND_KNN, knn_acc, knn_cost), (KIND_RTR, correctness, rtr_cost)):
         idx = tradeoff_choices(acc, cost, outcomes.observed, lam)
         params: dict[str, Any] = {"lam": lam}
@@ -346,6 +348,44 @@ def _best_strategy_per_model(
             )
         )
     return rows
+
+
+def _best_pair_per_source(train: OutcomeMatrix, outcomes: Outcomes) -> list[MethodResult]:
+    """Each test question gets the pair most accurate on the training questions of its source.
+
+    A router that knew only which data set a question came from: its accuracy is what routing
+    gains from the source alone, the rest of RTR's gain is per question. Empty unless at least
+    two test sources were seen in training (under leave one source out, none is).
+    """
+    score = np.asarray(train.score, np.float64)
+    train_sources = np.asarray(train.sources, dtype=object)
+    test_sources = np.asarray(outcomes.sources, dtype=object)
+    seen = sorted(set(outcomes.sources) & set(train.sources))
+    if len(seen) < 2:
+        return []
+    with np.errstate(invalid="ignore"):
+        overall = np.nan_to_num(np.nanmean(score, axis=0), nan=-1.0)
+        by_source = {
+            s: np.nan_to_num(np.nanmean(score[train_sources == s], axis=0), nan=-1.0) for s in seen
+        }
+    index = np.empty(len(outcomes), np.int64)
+    for i, source in enumerate(test_sources):
+        accuracy = by_source.get(source, overall)
+        # most accurate in training among the pairs observed for this question
+        index[i] = int(np.argmax(np.where(outcomes.observed[i], accuracy, -np.inf)))
+    picked = {
+        s: pair_label(outcomes.pairs[int(np.argmax(by_source[s]))])
+        for s in seen
+        if (test_sources == s).any()
+    }
+    return [
+        MethodResult(
+            "best pair for each source",
+            KIND_SOURCE_BEST,
+            outcomes.metrics(index),
+            {"pairs": picked},
+        )
+    ]
 
 
 def evaluate_router(

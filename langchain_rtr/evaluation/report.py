@@ -21,6 +21,8 @@ KIND_RTR = "rtr"
 KIND_KNN = "knn"
 KIND_MODEL_BEST = "model-best"
 """Each model with the strategy most accurate on the training part (sets with strategies)."""
+KIND_SOURCE_BEST = "source-best"
+"""The pair most accurate on the training part's questions of each source (sets with sources)."""
 
 
 @dataclass(frozen=True)

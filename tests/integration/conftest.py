@@ -46,11 +46,14 @@ MODEL_DIR = Path(
 )
 SETUP_HINT = "run scripts/setup_vllm_cpu.sh (or set RTR_SKIP_INTEGRATION=1 to skip these tests)"
 
-#: vLLM's tool-call parser, chat template with tools and structured output settings: the ones
-#: ``rtr serve examples/models.cpu.yaml`` uses, read from there so both stay the same.
-TOOL_ARGS = (
-    load_models_file(REPO / "examples" / "models.cpu.yaml").serve_entries[0].serve.extra_args
-)
+#: Each endpoint's vLLM flags (tool-call parser, chat template with tools, structured output,
+#: and its decoding: greedy ``smol-a``, sampling ``smol-b``, as the bundled smol-arith set was
+#: collected): the ones ``rtr serve examples/models.cpu.yaml`` uses, read from there so both
+#: stay the same. A server of any other name gets ``smol-a``'s.
+SERVER_ARGS = {
+    entry.name: entry.serve.extra_args
+    for entry in load_models_file(REPO / "examples" / "models.cpu.yaml").serve_entries
+}
 
 #: vLLM settings for CPU: fp32, small KV cache, no graph capture (docs/serving.md).
 CPU_SERVER_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
@@ -58,7 +61,6 @@ CPU_SERVER_KW: dict[str, object] = {
     "dtype": "float32",
     "max_model_len": 2048,
     "enforce_eager": True,
-    "extra_args": TOOL_ARGS,
 }
 
 #: name -> (description, $/M input, $/M output)
@@ -147,6 +149,7 @@ def make_cpu_server(
         env={**CPU_SERVER_ENV, **(env or {})},
         log_path=log_dir / f"{served_name}.log",
         startup_timeout=600.0,
+        extra_args=SERVER_ARGS.get(served_name, SERVER_ARGS["smol-a"]),
         **CPU_SERVER_KW,  # type: ignore[arg-type]
     )
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -120,6 +121,32 @@ def test_relative_paths_resolve_against_the_file(
     assert entries["n"].serve.python == "python3"
 
 
+def test_a_models_extra_args_follow_the_shared_ones(tmp_path: Path) -> None:
+    # The shared flags (tool parser, chat template) must survive a model adding its own
+    # (its decoding); a model's repeated flag comes last, so vLLM takes the model's value.
+    path = write(
+        tmp_path,
+        """\
+        serve_defaults:
+          extra_args: [--enable-auto-tool-choice, --seed=1]
+        models:
+          - name: m
+            serve: {model: x, port: 8001, extra_args: "--seed=2 --max-num-seqs 4"}
+          - name: n
+            serve: {model: x, port: 8002}
+        """,
+    )
+    entries = {e.name: e for e in load_models_file(path).serve_entries}
+    assert entries["m"].serve.extra_args == [
+        "--enable-auto-tool-choice",
+        "--seed=1",
+        "--seed=2",
+        "--max-num-seqs",
+        "4",
+    ]
+    assert entries["n"].serve.extra_args == ["--enable-auto-tool-choice", "--seed=1"]
+
+
 def test_api_key_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RTR_TEST_KEY", "sk-test")
     path = write(tmp_path, "models:\n  - {name: m, api_key_env: RTR_TEST_KEY}\n")
@@ -211,6 +238,21 @@ def test_examples_are_valid(name: str) -> None:
     assert loaded.specs
     for entry in loaded.serve_entries:
         assert entry.spec.base_url == entry.base_url
+
+
+def test_cpu_example_decodes_as_the_bundled_set_was_collected(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A router trained on smol-arith predicts these servers only if they decode the same way.
+    monkeypatch.syspath_prepend(str(EXAMPLES.parent / "scripts"))
+    import collect_bundled  # scripts/, put on the path above
+
+    flag = "--override-generation-config="
+    served = {
+        entry.name: [json.loads(a.removeprefix(flag)) for a in entry.serve.extra_args if flag in a]
+        for entry in load_models_file(EXAMPLES / "models.cpu.yaml").serve_entries
+    }
+    assert served == {name: [gen] for name, gen in collect_bundled.GENERATION.items()}
 
 
 def test_tools_flag_and_relative_extra_args(tmp_path: Path) -> None:

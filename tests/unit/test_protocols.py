@@ -9,7 +9,7 @@ from langchain_rtr.data.matrix import OutcomeMatrix, RoutingSet
 from langchain_rtr.data.records import RoutingRecord
 from langchain_rtr.errors import ConfigError
 from langchain_rtr.evaluation import evaluate_routing
-from langchain_rtr.evaluation.report import KIND_MODEL_BEST
+from langchain_rtr.evaluation.report import KIND_MODEL_BEST, KIND_SOURCE_BEST, MethodResult
 from langchain_rtr.specs import ModelSpec
 from langchain_rtr.workflow import (
     TrainingInfo,
@@ -74,11 +74,11 @@ SPECS = {
 }
 
 
-def _matrix(scores: np.ndarray, prefix: str) -> OutcomeMatrix:
+def _matrix(scores: np.ndarray, prefix: str, sources: list[str] | None = None) -> OutcomeMatrix:
     records = [
         RoutingRecord(
             question=f"{prefix} question {i}",
-            source="s",
+            source=sources[i] if sources else "s",
             model=model,
             strategy=strategy,
             score=float(scores[i, j]),
@@ -116,6 +116,38 @@ def test_best_strategy_per_model_is_chosen_on_training_data() -> None:
     assert all(m.accuracy == 0.0 for m in rows.values())  # the test part is not peeked at
     assert rows["m1, best strategy (a)"].params["train_accuracy"] == 1.0
     assert KIND_MODEL_BEST in report.aiq
+
+
+def test_best_pair_per_source_is_chosen_on_training_data() -> None:
+    rng = np.random.default_rng(2)
+    n = 40
+    sources = ["s1" if i % 2 == 0 else "s2" for i in range(n)]
+    # m1/a is right on s1 only, m2/b on s2 only: no single pair beats 0.5, the source does
+    scores = np.array(
+        [[1.0, 0.0, 0.0, 0.0] if s == "s1" else [0.0, 0.0, 0.0, 1.0] for s in sources]
+    )
+    train, test = _matrix(scores, "train", sources), _matrix(scores, "test", sources)
+
+    def evaluated(test_part: OutcomeMatrix) -> list[MethodResult]:
+        report = evaluate_routing(
+            test_part,
+            _Prediction(np.full((len(test_part), 4), 0.5), test_part.output_tokens.copy()),
+            rng.normal(size=(len(test_part), 3)),
+            train,
+            rng.normal(size=(n, 3)),
+            SPECS,
+        )
+        return [m for m in report.methods if m.kind == KIND_SOURCE_BEST]
+
+    (row,) = evaluated(test)
+    assert row.accuracy == 1.0
+    assert row.params["pairs"] == {"s1": "m1/a", "s2": "m2/b"}
+    # reversed test outcomes: the choice is made on training, so it is now always wrong
+    (row,) = evaluated(_matrix(1.0 - scores, "test", sources))
+    assert row.accuracy == 0.0
+    # one test source (as under leave one source out): nothing to show
+    only_s1 = [i for i, s in enumerate(sources) if s == "s1"]
+    assert evaluated(_matrix(scores[only_s1], "test", ["s1"] * len(only_s1))) == []
 
 
 def test_model_only_sets_have_no_best_strategy_rows() -> None:
