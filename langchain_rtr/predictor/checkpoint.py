@@ -232,20 +232,26 @@ def _check_names(
     )
 
 
-def rebuild_encoder(info: Mapping[str, Any], directory: Path) -> QuestionEncoder:
-    """The encoder a checkpoint records: the copy it carries, else the cached (or built) one."""
+def rebuild_encoder(
+    info: Mapping[str, Any], directory: Path, *, cache: bool = True
+) -> QuestionEncoder:
+    """The encoder a checkpoint records: the copy it carries, else the installed (or built) one.
+
+    ``cache``: behind the on-disk embedding cache (:class:`CachedEncoder`), or not.
+    """
     enc_id = str(info.get("id"))
-    carried = checkpoint_encoder(directory, enc_id)
+    carried = checkpoint_encoder(directory, enc_id, cache=cache)
     if carried is not None:
         return carried
     if enc_id == SENTENCE_TRANSFORMERS_ID:
-        return default_encoder(backend="sentence-transformers")
+        return default_encoder(cache=cache, backend="sentence-transformers")
     backend = backend_of_id(enc_id)
     if backend is not None:
-        return make_encoder(backend)
+        return make_encoder(backend, cache=cache)
     source = info.get("name_or_path")
     if source and enc_id.startswith("sentence-transformers:"):
-        return CachedEncoder(SentenceTransformerEncoder(str(source), encoder_id=enc_id))
+        named = SentenceTransformerEncoder(str(source), encoder_id=enc_id)
+        return CachedEncoder(named) if cache else named
     raise CheckpointError(
         f"checkpoint {directory} was trained with encoder {enc_id!r}, which cannot be rebuilt "
         "from the checkpoint; pass encoder= to load()"

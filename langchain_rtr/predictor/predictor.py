@@ -316,6 +316,7 @@ class RTRPredictor:
         expected_strategies: Sequence[str] | None = None,
         retrain_on: OutcomeMatrix | None = None,
         progress: ProgressFn | None = None,
+        cache_embeddings: bool = True,
     ) -> RTRPredictor:
         """Load a checkpoint written by :meth:`save`.
 
@@ -333,6 +334,9 @@ class RTRPredictor:
                 trained with: the heads are then trained again on it with ``encoder`` (same
                 hyperparameters and descriptions) instead of refusing.
             progress: Epoch callback of that retraining.
+            cache_embeddings: Put the rebuilt encoder behind the on-disk embedding cache (the
+                default). A long-running server of unique questions turns it off: the cache
+                would grow by one row per question and gain nothing.
 
         Raises:
             CheckpointError: Files missing, malformed or changed since they were saved (their
@@ -345,7 +349,7 @@ class RTRPredictor:
         )
         enc_id, enc_dim = stored.encoder_id, stored.encoder_dim
         if encoder is None:
-            encoder = rebuild_encoder(stored.config["encoder"], directory)
+            encoder = rebuild_encoder(stored.config["encoder"], directory, cache=cache_embeddings)
         if encoder.id != enc_id or encoder.dim != enc_dim:
             if retrain_on is not None:
                 old = cls._from_stored(stored, encoder)

@@ -101,7 +101,11 @@ def build_runnable(
         specs = load_models_file(models_file).specs
     root = Path(router_dir)
     known = trained_models(root)  # the others are pass-through backends only
-    router = RTRRouter.load(root, models={n: s for n, s in specs.items() if n in known})
+    # No on-disk embedding cache: a gateway sees mostly new questions, and the cache would
+    # write a row per request and grow without bound (docs/server.md).
+    router = RTRRouter.load(
+        root, models={n: s for n, s in specs.items() if n in known}, cache_embeddings=False
+    )
     runnable = RTRRunnable(router=router, **runnable_kwargs)
     backends = {n: s for n, s in {**router.models, **specs}.items() if s.base_url}
     return runnable, backends

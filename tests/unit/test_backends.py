@@ -450,6 +450,39 @@ def test_a_saved_router_routes_without_the_train_extra_or_a_cache(
     assert not (empty_cache / "encoders").exists()  # nothing was built or looked up there
 
 
+def test_the_server_loads_its_router_without_the_disk_cache(
+    cache_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gateway must not write a cache row per routed question (unbounded disk)."""
+    from langchain_rtr.routing import RTRRouter
+    from langchain_rtr.server.app import build_runnable
+    from langchain_rtr.specs import ModelSpec
+
+    matrix, models, strategies = topic_matrix()
+    encoder = make_encoder("static", cache_dir=cache_root)
+    predictor = RTRPredictor.train(matrix, models, strategies, encoder=encoder, config=FAST)
+    # an endpoint that is never called: the runnable needs a chat model per model to start
+    specs = {
+        m: ModelSpec(name=m, description=d, base_url="http://127.0.0.1:9/v1")
+        for m, d in models.items()
+    }
+    router = RTRRouter(predictor, specs, cost_unit="tokens")
+    router.fit_cost_scale(matrix.questions)
+    router.save(tmp_path / "router")
+    expected = router.route("What is 12 plus 30?").pair
+
+    served_cache, library_cache = tmp_path / "served-cache", tmp_path / "library-cache"
+    monkeypatch.setenv("RTR_CACHE_DIR", str(served_cache))
+    runnable, _ = build_runnable(tmp_path / "router")
+    assert runnable.router.route("What is 12 plus 30?").pair == expected
+    assert not isinstance(runnable.router.predictor.encoder, CachedEncoder)
+    assert not list(served_cache.rglob("*.sqlite3"))
+    # the library's own loader keeps the cache (repeated evaluations reuse it)
+    monkeypatch.setenv("RTR_CACHE_DIR", str(library_cache))
+    RTRRouter.load(tmp_path / "router").route("What is 12 plus 30?")
+    assert list(library_cache.rglob("*.sqlite3"))
+
+
 def test_training_without_the_train_extra_names_it(tmp_path: Path) -> None:
     script = BLOCK_TRAIN_EXTRA + textwrap.dedent(
         """
