@@ -23,9 +23,9 @@ def _bench() -> ModuleType:
 
 @pytest.mark.skipif(
     os.environ.get("RTR_SLOW_TESTS") != "1",
-    reason="about 12 minutes on 2 cores (19 subtasks x 5 shares x 2 policies, PAL programs in "
-    "the sandbox), too long for CI, and shown in one run only (docs/quality.md, issue 18 "
-    "item 5); run it with RTR_SLOW_TESTS=1",
+    reason="about 12-14 minutes on 2 cores (19 subtasks x 5 shares x 2 policies, PAL programs "
+    "in the sandbox), too long for CI; it passed in two runs with the same counts "
+    "(docs/quality.md, issue 18 item 5); run it with RTR_SLOW_TESTS=1",
 )
 async def test_confidence_truncates_fewer_answers_than_the_point_estimate(
     smol_servers: Any,
