@@ -108,14 +108,14 @@ def summed(sweep: Mapping[int, Mapping[str, Mapping[str, int]]]) -> dict[str, di
 
 
 def print_sweep(sweep: Mapping[int, Mapping[str, Mapping[str, int]]]) -> None:
+    total = summed(sweep)
     for label, counts in [
         *((f"{s} tokens a subtask", c) for s, c in sweep.items()),
-        ("all shares", summed(sweep)),
+        ("all shares", total),
     ]:
         print(f"{label}:")
         for name, row in counts.items():
             print(f"  {name:>16}: " + ", ".join(f"{k} {v}" for k, v in row.items()))
-    total = summed(sweep)
     point, sure = total["point"], total[f"confidence {CONFIDENCE}"]
     ratio = sure["truncated"] / point["truncated"] if point["truncated"] else float("nan")
     print(f"truncated with confidence / point, all shares: {ratio:.2f}")

@@ -117,11 +117,8 @@ class ServeConfig(BaseModel):
     @field_validator("extra_args", mode="before")
     @classmethod
     def _args_as_text(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return value.split()
-        if isinstance(value, list):
-            return [str(v) for v in value]
-        return value
+        args = _arg_list(value)
+        return value if args is None else [str(v) for v in args]
 
     @property
     def connect_host(self) -> str:
@@ -383,7 +380,7 @@ def _apply_serve_defaults(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _arg_list(value: Any) -> list[Any] | None:
-    """``extra_args`` as a list (a string is split as the field's validator splits it)."""
+    """``extra_args`` as a list (a string is split on whitespace); None if it is neither."""
     if isinstance(value, str):
         return value.split()
     return value if isinstance(value, list) else None
