@@ -80,6 +80,7 @@ _EXPORTS: dict[str, str] = {
     "Policy": "langchain_rtr.routing",
     "Tradeoff": "langchain_rtr.routing",
     "TokenBudget": "langchain_rtr.routing",
+    "BestBet": "langchain_rtr.routing",
     "AverageBudget": "langchain_rtr.routing",
     "AccuracyFloor": "langchain_rtr.routing",
     "policy_from_dict": "langchain_rtr.routing",
@@ -260,6 +261,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from langchain_rtr.routing import (
         AccuracyFloor,
         AverageBudget,
+        BestBet,
         CostModel,
         Decision,
         NotCalibratedError,

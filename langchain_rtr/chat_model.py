@@ -13,11 +13,11 @@ count every answer twice. The cost: the inner model's own callbacks, cache and r
 not used; set them on the `RTRChatModel`.
 
 Routing knobs per call: the `RTRRunnable` keys (`rtr_lambda`, `rtr_max_tokens`,
-`rtr_confidence`, `rtr_floor`, `rtr_allowed_pairs`, `rtr_policy`) from `config["configurable"]`,
-or as keyword arguments (`chat.invoke(msgs, rtr_lambda=0.5)`, `chat.bind(rtr_max_tokens=256)`),
-parsed by the one knob parser (`langchain_rtr.knobs`). Other keyword arguments (`temperature`,
-`max_tokens`, `stop`) go to the chosen model; `max_tokens` must be a positive int and is still
-capped.
+`rtr_confidence`, `rtr_budget_rule`, `rtr_floor`, `rtr_allowed_pairs`, `rtr_policy`) from
+`config["configurable"]`, or as keyword arguments (`chat.invoke(msgs, rtr_lambda=0.5)`,
+`chat.bind(rtr_max_tokens=256)`), parsed by the one knob parser (`langchain_rtr.knobs`).
+Other keyword arguments (`temperature`, `max_tokens`, `stop`) go to the chosen model;
+`max_tokens` must be a positive int and is still capped.
 
 Capabilities: text in, text out, streaming, tool calling, structured output. `bind_tools`
 (with `tool_choice`) routes among the pairs whose strategy carries tools (`supports_tools`:

@@ -2,16 +2,17 @@
 
 A call's routing is set by the same few knobs in every front end:
 
-============  ==========================  ==================  ==============================
-knob          config / keyword argument   CLI flag            server model string / body
-============  ==========================  ==================  ==============================
-lambda        ``rtr_lambda``              ``--lambda``        ``rtr:lambda=0.7``
-max_tokens    ``rtr_max_tokens``          ``--max-tokens``    ``rtr:max_tokens=300``
-confidence    ``rtr_confidence``          ``--confidence``    ``rtr:max_tokens=300,confidence=0.9``
-floor         ``rtr_floor``               ``--floor``         ``rtr:floor=0.8``
-pairs         ``rtr_allowed_pairs``       ``--allow``         ``rtr:pairs=m/cot|m/direct``
-policy        ``rtr_policy``              (none)              (none)
-============  ==========================  ==================  ==============================
+============  =====================  ==================  ==========================================
+knob          config / kwarg         CLI flag            server model string / body
+============  =====================  ==================  ==========================================
+lambda        ``rtr_lambda``         ``--lambda``        ``rtr:lambda=0.7``
+max_tokens    ``rtr_max_tokens``     ``--max-tokens``    ``rtr:max_tokens=300``
+confidence    ``rtr_confidence``     ``--confidence``    ``rtr:max_tokens=300,confidence=0.9``
+budget_rule   ``rtr_budget_rule``    ``--budget-rule``   ``rtr:max_tokens=300,budget_rule=best_bet``
+floor         ``rtr_floor``          ``--floor``         ``rtr:floor=0.8``
+pairs         ``rtr_allowed_pairs``  ``--allow``         ``rtr:pairs=m/cot|m/direct``
+policy        ``rtr_policy``         (none)              (none)
+============  =====================  ==================  ==========================================
 
 Each front end turns its source into a mapping keyed by knob name (text values from the CLI or
 a model string go through `knobs_from_text` first) and calls `parse_knobs`, which validates
@@ -23,6 +24,9 @@ everywhere:
   ``TokenBudget(max_tokens, on_no_fit="fewest_tokens", confidence=confidence)``: a call must
   still answer when no pair is predicted to fit, and the cap keeps it within the budget;
 - ``confidence`` belongs to the token budget and needs ``max_tokens``;
+- ``budget_rule`` also needs ``max_tokens``: ``"fit"`` (the default) is that token budget,
+  ``"best_bet"`` routes with ``BestBet(max_tokens)`` instead, the pair with the highest
+  P(correct) x P(its answer fits); it states no truncation bound, so not with ``confidence``;
 - a pair is ``(model, strategy)`` or ``"model/strategy"``, split at the *last* ``/`` (strategy
   names have none; model names may: ``"org/model/cot"`` is ``("org/model", "cot")``).
 """
@@ -36,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from langchain_rtr.errors import ConfigError, KnobTypeError
-from langchain_rtr.routing import AccuracyFloor, Policy, TokenBudget, Tradeoff
+from langchain_rtr.routing import AccuracyFloor, BestBet, Policy, TokenBudget, Tradeoff
 
 __all__ = [
     "CONFIG_KEYS",
@@ -61,9 +65,11 @@ KNOBS: dict[str, str] = {
     "lambda": "accuracy/cost trade-off in [0, 1] (1: accuracy only)",
     "max_tokens": "per-question output token budget (routes within it and caps the answer)",
     "confidence": "with max_tokens: probability in (0, 1) that the answer fits the budget",
+    "budget_rule": "with max_tokens: fit (a pair's length must fit) or best_bet "
+    "(highest P(correct) x P(fits))",
     "floor": "accuracy floor in [0, 1]: the cheapest pair predicted to reach it",
     "pairs": "the (model, strategy) pairs this call may use, as model/strategy|model/strategy",
-    "policy": "a routing policy object (Tradeoff, TokenBudget, AccuracyFloor, AverageBudget)",
+    "policy": "a routing policy object (Tradeoff, TokenBudget, BestBet, AccuracyFloor, ...)",
 }
 """Every knob, with what it means (the server lists these in its errors and model cards)."""
 
@@ -71,11 +77,15 @@ CONFIG_KEYS: dict[str, str] = {
     "rtr_lambda": "lambda",
     "rtr_max_tokens": "max_tokens",
     "rtr_confidence": "confidence",
+    "rtr_budget_rule": "budget_rule",
     "rtr_floor": "floor",
     "rtr_allowed_pairs": "pairs",
     "rtr_policy": "policy",
 }
 """The `config["configurable"]` key of each knob."""
+
+BUDGET_RULES = ("fit", "best_bet")
+"""The values of the ``budget_rule`` knob."""
 
 MAX_TOKENS_LIMIT = 10**9
 """Largest ``max_tokens`` accepted (far above any model's context, below any overflow)."""
@@ -167,11 +177,19 @@ def smallest_cap(*caps: int | None) -> int | None:
     return min(given) if given else None
 
 
+def _budget_rule(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise KnobTypeError(f"{where}: expected one of {', '.join(BUDGET_RULES)}, got {value!r}")
+    if value not in BUDGET_RULES:
+        raise ConfigError(f"{where}: expected one of {', '.join(BUDGET_RULES)}, got {value!r}")
+    return value
+
+
 def _policy(value: Any, where: str) -> Policy:
     if not isinstance(value, Policy):
         msg = (
-            f"{where}: expected a routing policy (Tradeoff, TokenBudget, AccuracyFloor or "
-            f"AverageBudget; `policy_from_dict` reads a saved one), got "
+            f"{where}: expected a routing policy (Tradeoff, TokenBudget, BestBet, AccuracyFloor "
+            f"or AverageBudget; `policy_from_dict` reads a saved one), got "
             f"{type(value).__name__} {value!r}"
         )
         raise KnobTypeError(msg)
@@ -204,6 +222,9 @@ def parse_knobs(values: Mapping[str, Any], label: Label = repr) -> Knobs:
     confidence = None
     if "confidence" in given:
         confidence = _number(given["confidence"], label("confidence"), 0, 1, open_=True)
+    rule = (
+        _budget_rule(given["budget_rule"], label("budget_rule")) if "budget_rule" in given else None
+    )
     choosers = [k for k in ("lambda", "floor", "policy") if k in given]
     if len(choosers) > 1:
         names = " and ".join(label(k) for k in choosers)
@@ -214,10 +235,24 @@ def parse_knobs(values: Mapping[str, Any], label: Label = repr) -> Knobs:
             f"{label('max_tokens')} and no other policy"
         )
         raise ConfigError(msg)
+    if rule is not None and (budget is None or choosers):
+        msg = (
+            f"{label('budget_rule')} belongs to a token budget: give it with "
+            f"{label('max_tokens')} and no other policy"
+        )
+        raise ConfigError(msg)
+    if rule == "best_bet" and confidence is not None:
+        msg = (
+            f"{label('budget_rule')} 'best_bet' states no truncation bound, so it takes no "
+            f"{label('confidence')}; give one of them"
+        )
+        raise ConfigError(msg)
     if lam is not None:
         policy = Tradeoff(lam=lam)
     elif floor is not None:
         policy = AccuracyFloor(floor=floor)
+    elif policy is None and budget is not None and rule == "best_bet":
+        policy = BestBet(max_tokens=budget)
     elif policy is None and budget is not None:
         policy = TokenBudget(max_tokens=budget, on_no_fit="fewest_tokens", confidence=confidence)
     pairs = parse_pairs(given["pairs"], label("pairs")) if "pairs" in given else None
@@ -225,8 +260,8 @@ def parse_knobs(values: Mapping[str, Any], label: Label = repr) -> Knobs:
 
 
 def policy_budget(policy: Any) -> int | None:
-    """The token cap a policy implies (a `TokenBudget`'s ``max_tokens``), if any."""
-    if isinstance(policy, TokenBudget) and policy.max_tokens >= 1:
+    """The token cap a policy implies (a `TokenBudget`'s or `BestBet`'s ``max_tokens``), if any."""
+    if isinstance(policy, TokenBudget | BestBet) and policy.max_tokens >= 1:
         return int(policy.max_tokens)
     return None
 
@@ -251,7 +286,7 @@ def knobs_from_text(raw: Mapping[str, str], label: Label = repr) -> dict[str, An
                 out[key] = int(text)
             except ValueError:
                 raise ConfigError(f"{label(key)}: expected an integer, got {text!r}") from None
-        elif key == "pairs":
+        elif key in ("pairs", "budget_rule"):
             out[key] = text
         else:
             msg = f"unknown routing knob {label(key)}; known: {', '.join(k for k in KNOBS)}"

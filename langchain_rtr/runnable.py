@@ -12,7 +12,8 @@ Per-call knobs, read from `config["configurable"]` (declared in `config_specs`) 
 - `rtr_lambda` (float in [0, 1]): trade-off policy `Tradeoff(lam)` for this call;
 - `rtr_max_tokens` (int > 0): per-question token budget. It caps the model's `max_tokens`, and
   when no other policy is asked for in the same call, routes with `TokenBudget(rtr_max_tokens)`
-  (which still answers when nothing is predicted to fit); `rtr_confidence` goes with it;
+  (which still answers when nothing is predicted to fit); `rtr_confidence` goes with it, or
+  `rtr_budget_rule="best_bet"` routes with `BestBet(rtr_max_tokens)` instead;
 - `rtr_floor` (float in [0, 1]): `AccuracyFloor(floor)`;
 - `rtr_allowed_pairs` (list of `(model, strategy)` or `"model/strategy"`): the pairs this call
   may use; a pair the router was not trained on is refused with `UnknownPairError`;
@@ -222,6 +223,12 @@ class RTRRunnable(RunnableSerializable[RTRInput, RTRResult]):
                 float | None,
                 "RTR budget confidence",
                 "With rtr_max_tokens: probability in (0, 1) that the answer fits.",
+            ),
+            (
+                "rtr_budget_rule",
+                str | None,
+                "RTR budget rule",
+                "With rtr_max_tokens: 'fit' (default) or 'best_bet' (P(correct) x P(fits)).",
             ),
             ("rtr_floor", float | None, "RTR accuracy floor", "Cheapest pair reaching it."),
             (

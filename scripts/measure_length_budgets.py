@@ -9,7 +9,9 @@ validation parts, carved from the training part), then on the held-out questions
 
 ``point`` with ``on_no_fit="fewest_tokens"`` (what ``rtr_max_tokens`` does: nothing fits, the
 shortest pair is called anyway, flagged ``over_budget``), the quantile policies with
-``on_no_fit="best_bet"`` (nothing fits at c: the pair with the highest P(correct) x P(fits)).
+``on_no_fit="best_bet"`` (nothing fits at c: the pair with the highest P(correct) x P(fits)),
+and ``best bet``: ``BestBet(B)``, which ranks every pair by P(correct) x P(fits) and states no
+bound on truncation.
 Budgets B are the 25th, 37.5th, 50th, 62.5th and 75th percentiles of the training part's real
 lengths. Each policy chooses among the pairs observed for that question. A call is *truncated*
 when its real output exceeds B (the call's ``max_tokens`` is B); a truncated answer is wrong.
@@ -38,7 +40,7 @@ from rich.table import Table
 from langchain_rtr import workflow
 from langchain_rtr.evaluation.lengths import length_accuracy
 from langchain_rtr.predictor import RTRPredictor, TrainConfig
-from langchain_rtr.routing import STATUS_OK, RTRRouter, TokenBudget
+from langchain_rtr.routing import STATUS_OK, BestBet, Policy, RTRRouter, TokenBudget
 
 CONFIDENCES = (0.8, 0.9, 0.95)
 BUDGET_PERCENTILES = (25.0, 37.5, 50.0, 62.5, 75.0)
@@ -48,11 +50,12 @@ SLACK = 0.02
 console = Console(width=max(Console().width, 140))
 
 
-def policies(budget: float) -> dict[str, TokenBudget]:
-    """The point policy and one per confidence, at one budget."""
-    out = {"point": TokenBudget(budget, on_no_fit="fewest_tokens")}
+def policies(budget: float) -> dict[str, Policy]:
+    """The point policy, one per confidence and the best bet, at one budget."""
+    out: dict[str, Policy] = {"point": TokenBudget(budget, on_no_fit="fewest_tokens")}
     for c in CONFIDENCES:
         out[f"c={c}"] = TokenBudget(budget, on_no_fit="best_bet", confidence=c)
+    out["best bet"] = BestBet(budget)
     return out
 
 
@@ -270,7 +273,7 @@ def plot(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
 
     fig, axes = plt.subplots(len(results), 2, figsize=(10, 3.2 * len(results)), squeeze=False)
     for row, (data, rows) in enumerate(results.items()):
-        for name in ["point", *(f"c={c}" for c in CONFIDENCES)]:
+        for name in ["point", *(f"c={c}" for c in CONFIDENCES), "best bet"]:
             mine = [r for r in rows if r["policy"] == name]
             x = [r["budget"] for r in mine]
             axes[row][0].plot(x, [r["truncated_admitted"] for r in mine], marker="o", label=name)

@@ -214,12 +214,14 @@ def _policy(
     max_tokens: int | None,
     floor: float | None,
     confidence: float | None = None,
+    budget_rule: str | None = None,
 ) -> Policy | None:
     """The flags' policy, by the one knob parser every front end uses."""
     from langchain_rtr.errors import RTRError
     from langchain_rtr.knobs import parse_knobs
 
-    values = {"lambda": lam, "max_tokens": max_tokens, "floor": floor, "confidence": confidence}
+    values: dict[str, Any] = {"lambda": lam, "max_tokens": max_tokens, "floor": floor}
+    values |= {"confidence": confidence, "budget_rule": budget_rule}
     try:
         return parse_knobs(values, lambda k: "--" + k.replace("_", "-")).policy
     except RTRError as exc:
@@ -472,6 +474,9 @@ def route(
         float | None,
         typer.Option(help="With --max-tokens: probability in (0, 1) the answer fits."),
     ] = None,
+    budget_rule: Annotated[
+        str | None, typer.Option(help="With --max-tokens: fit (default) or best_bet.")
+    ] = None,
     allow: Annotated[
         list[str] | None, typer.Option(help="Allowed model or model/strategy (repeatable).")
     ] = None,
@@ -482,7 +487,7 @@ def route(
     from langchain_rtr.routing import RTRRouter
 
     question = check_question(question, where="rtr route QUESTION")  # before loading anything
-    policy = _policy(lam, max_tokens, floor, confidence)
+    policy = _policy(lam, max_tokens, floor, confidence, budget_rule)
     router = RTRRouter.load(router_dir)
     allowed = _parse_pairs(allow)
     if as_json:

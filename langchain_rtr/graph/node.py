@@ -391,6 +391,7 @@ class RTRNode:
                 "rtr_lambda": None,
                 "rtr_floor": None,
                 "rtr_confidence": None,
+                "rtr_budget_rule": None,
             }
         )
         if task["max_tokens"] is not None:

@@ -90,7 +90,12 @@ class Policy(ABC):
 
     @abstractmethod
     def _keys(
-        self, a: np.ndarray, t: np.ndarray | None, c: np.ndarray, allowed: np.ndarray
+        self,
+        a: np.ndarray,
+        t: np.ndarray | None,
+        c: np.ndarray,
+        allowed: np.ndarray,
+        quantiles: LengthQuantiles | None,
     ) -> _Keys: ...
 
     def choose(
@@ -115,7 +120,7 @@ class Policy(ABC):
             The chosen columns, statuses and the full preference ranking.
         """
         a, t, c, mask = _as_arrays(correctness, tokens, cost, allowed)
-        k = self._keys(a, t, c, mask)
+        k = self._keys(a, t, c, mask, length_quantiles)
         # np.lexsort sorts ascending by the *last* key first: eligible cells first, then
         # each key high-to-low; ties keep column order.
         sort_keys = [-key for key in reversed(k.keys)] + [~k.eligible]
@@ -160,10 +165,22 @@ class Tradeoff(Policy):
             raise RoutingError(f"Tradeoff lam must be in [0, 1], got {self.lam!r}")
 
     def _keys(
-        self, a: np.ndarray, t: np.ndarray | None, c: np.ndarray, allowed: np.ndarray
+        self,
+        a: np.ndarray,
+        t: np.ndarray | None,
+        c: np.ndarray,
+        allowed: np.ndarray,
+        quantiles: LengthQuantiles | None,
     ) -> _Keys:
         score = self.lam * a - (1.0 - self.lam) * c
         return _Keys([score, a, -c], allowed, _status(a.shape[0]))
+
+
+def _check_budget(budget: Any, policy: str) -> None:
+    if isinstance(budget, bool) or not isinstance(budget, numbers.Real):
+        raise KnobTypeError(f"{policy} max_tokens: expected a number of tokens, got {budget!r}")
+    if not (math.isfinite(budget) and float(budget) >= 0):
+        raise RoutingError(f"{policy} max_tokens: expected a finite number >= 0, got {budget!r}")
 
 
 @dataclass(frozen=True)
@@ -192,13 +209,7 @@ class TokenBudget(Policy):
     name: ClassVar[str] = "token_budget"
 
     def __post_init__(self) -> None:
-        budget = self.max_tokens
-        if isinstance(budget, bool) or not isinstance(budget, numbers.Real):
-            msg = f"TokenBudget max_tokens: expected a number of tokens, got {budget!r}"
-            raise KnobTypeError(msg)
-        if not (math.isfinite(budget) and budget >= 0):
-            msg = f"TokenBudget max_tokens: expected a finite number >= 0, got {budget!r}"
-            raise RoutingError(msg)
+        _check_budget(self.max_tokens, "TokenBudget")
         if self.on_no_fit not in ("none", "fewest_tokens", "best_bet"):
             raise RoutingError(
                 f"on_no_fit must be 'none', 'fewest_tokens' or 'best_bet', got {self.on_no_fit!r}"
@@ -229,23 +240,27 @@ class TokenBudget(Policy):
         choice = replace(self, on_no_fit="none").choose(
             correctness, point, cost, allowed, length_quantiles
         )
-        a, t, _, mask = _as_arrays(correctness, point, cost, allowed)
-        assert t is not None
-        stuck = (choice.index < 0) & mask.any(axis=1)
+        stuck = (choice.index < 0) & (choice.status != STATUS_NO_ALLOWED_PAIR)
         if not stuck.any():
             return choice
-        bet = np.where(mask, a * length_quantiles.fit_probability(t, self.max_tokens), -np.inf)
-        order = np.lexsort((t, -a, -bet), axis=-1)  # best bet, then more accurate, shorter
+        bet = BestBet(self.max_tokens).choose(correctness, point, cost, allowed, length_quantiles)
         index, status = choice.index.copy(), choice.status.copy()
         ranking, n_ranked = choice.ranking.copy(), choice.n_ranked.copy()
-        index[stuck] = order[stuck, 0]
+        index[stuck], ranking[stuck], n_ranked[stuck] = (
+            bet.index[stuck],
+            bet.ranking[stuck],
+            bet.n_ranked[stuck],
+        )
         status[stuck] = STATUS_OVER_BUDGET
-        ranking[stuck] = order[stuck]
-        n_ranked[stuck] = mask[stuck].sum(axis=1)
         return Choice(index=index, status=status, ranking=ranking, n_ranked=n_ranked)
 
     def _keys(
-        self, a: np.ndarray, t: np.ndarray | None, c: np.ndarray, allowed: np.ndarray
+        self,
+        a: np.ndarray,
+        t: np.ndarray | None,
+        c: np.ndarray,
+        allowed: np.ndarray,
+        quantiles: LengthQuantiles | None,
     ) -> _Keys:
         if t is None:
             raise RoutingError(
@@ -267,6 +282,52 @@ class TokenBudget(Policy):
 
 
 @dataclass(frozen=True)
+class BestBet(Policy):
+    """The pair likeliest to give a right answer that ``max_tokens`` does not cut off.
+
+    Every allowed pair is ranked by ``P(correct) x P(real output tokens <= max_tokens)``, the
+    second factor read from the routing table's length quantiles. Where a :class:`TokenBudget`
+    admits a pair on whether its length fits (its point estimate, or its quantile at a stated
+    confidence) and then takes the most likely correct, this weighs the two: a long pair that
+    is usually right can beat a short one that is often wrong, and a pair whose answer would
+    often be cut off loses to one that finishes. It states no bound on how many answers are
+    cut off; ``TokenBudget(max_tokens, confidence=c)`` does. The call is capped at
+    ``max_tokens`` like a token budget's.
+
+    The status is ``"ok"``, or ``"over_budget"`` where no allowed pair fits at even the lowest
+    stored level (every bet is 0: the most accurate, then the shortest, is chosen).
+    """
+
+    max_tokens: float
+    name: ClassVar[str] = "best_bet"
+
+    def __post_init__(self) -> None:
+        _check_budget(self.max_tokens, "BestBet")
+
+    def _keys(
+        self,
+        a: np.ndarray,
+        t: np.ndarray | None,
+        c: np.ndarray,
+        allowed: np.ndarray,
+        quantiles: LengthQuantiles | None,
+    ) -> _Keys:
+        if t is None:
+            raise RoutingError(
+                "BestBet needs output-token predictions; this predictor has no length head"
+            )
+        if quantiles is None:
+            raise RoutingError(
+                "BestBet needs length quantiles; this predictor has none (retrain it: "
+                "training calibrates them)"
+            )
+        fit = quantiles.fit_probability(t, self.max_tokens)
+        status = _status(a.shape[0])
+        status[allowed.any(axis=1) & ~(allowed & (fit > 0)).any(axis=1)] = STATUS_OVER_BUDGET
+        return _Keys([a * fit, a, -t], allowed, status)
+
+
+@dataclass(frozen=True)
 class AccuracyFloor(Policy):
     """Cheapest pair whose predicted correctness is at least ``floor``.
 
@@ -283,7 +344,12 @@ class AccuracyFloor(Policy):
             raise RoutingError(f"AccuracyFloor floor must be in [0, 1], got {self.floor!r}")
 
     def _keys(
-        self, a: np.ndarray, t: np.ndarray | None, c: np.ndarray, allowed: np.ndarray
+        self,
+        a: np.ndarray,
+        t: np.ndarray | None,
+        c: np.ndarray,
+        allowed: np.ndarray,
+        quantiles: LengthQuantiles | None,
     ) -> _Keys:
         meets = allowed & (a >= self.floor)
         status = _status(a.shape[0])
@@ -328,14 +394,19 @@ class AverageBudget(Policy):
         return self.lam is not None
 
     def _keys(
-        self, a: np.ndarray, t: np.ndarray | None, c: np.ndarray, allowed: np.ndarray
+        self,
+        a: np.ndarray,
+        t: np.ndarray | None,
+        c: np.ndarray,
+        allowed: np.ndarray,
+        quantiles: LengthQuantiles | None,
     ) -> _Keys:
         if self.lam is None:
             raise NotCalibratedError(
                 "AverageBudget is not calibrated: call router.calibrate(policy, "
                 "validation_questions) first"
             )
-        return Tradeoff(self.lam)._keys(a, t, c, allowed)
+        return Tradeoff(self.lam)._keys(a, t, c, allowed, quantiles)
 
     def calibrate(
         self,
@@ -402,7 +473,7 @@ class AverageBudget(Policy):
 
 
 POLICIES: dict[str, type[Policy]] = {
-    cls.name: cls for cls in (Tradeoff, TokenBudget, AccuracyFloor, AverageBudget)
+    cls.name: cls for cls in (Tradeoff, TokenBudget, BestBet, AccuracyFloor, AverageBudget)
 }
 
 

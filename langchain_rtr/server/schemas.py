@@ -75,6 +75,7 @@ class RTRKnobsBody(BaseModel):
     max_tokens: int | None = Field(default=None, gt=0)
     floor: float | None = Field(default=None, ge=0.0, le=1.0)
     confidence: float | None = Field(default=None, gt=0.0, lt=1.0)
+    budget_rule: Literal["fit", "best_bet"] | None = None
     pairs: list[str] | str | None = None
 
 

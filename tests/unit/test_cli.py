@@ -122,7 +122,13 @@ def test_route_token_budget_nothing_fits_is_explicit(trained: Path) -> None:
 
 
 def test_route_refuses_bad_knobs_with_a_usage_error(trained: Path) -> None:
-    for args in (["--max-tokens", "0"], ["--confidence", "0.9"], ["--lambda", "2"]):
+    for args in (
+        ["--max-tokens", "0"],
+        ["--confidence", "0.9"],
+        ["--lambda", "2"],
+        ["--budget-rule", "best_bet"],
+        ["--max-tokens", "70", "--budget-rule", "bet"],
+    ):
         result = runner.invoke(app, ["route", "q", "--router", str(trained), *args])
         assert result.exit_code == 2, (args, result.output)
 

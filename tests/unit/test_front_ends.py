@@ -20,6 +20,7 @@ from langchain_rtr.cli.main import app as cli
 from langchain_rtr.routing import RTRRouter
 from langchain_rtr.server import create_app
 from tests.unit.test_graph_fakes import make_rtr
+from tests.unit.test_graph_quantiles import QuantilePredictor
 
 QUESTIONS = ["What is 2 + 2?", "Name the capital of France.", "Integrate x^2 from 0 to 3."]
 
@@ -31,6 +32,7 @@ KNOB_SETS: list[dict[str, Any]] = [
     {"max_tokens": 1},  # nothing fits: every front end answers with the shortest pair
     {"floor": 0.5},
     {"lambda": 0.9, "pairs": ["small/cot", "big/direct"]},
+    {"max_tokens": 100, "budget_rule": "best_bet"},
 ]
 
 
@@ -61,7 +63,7 @@ def _model_string(knobs: dict[str, Any]) -> str:
 async def test_the_same_knobs_route_the_same_everywhere(
     knobs: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    rtr, _ = make_rtr()
+    rtr, _ = make_rtr(QuantilePredictor())  # length quantiles, for the best bet
     chat = RTRChatModel(runnable=rtr)
     monkeypatch.setattr(RTRRouter, "load", classmethod(lambda cls, *a, **k: rtr.router))
     server = create_app(rtr)
@@ -99,10 +101,24 @@ async def test_the_same_knobs_route_the_same_everywhere(
 
 def test_the_knob_sets_do_not_all_pick_the_same_pair() -> None:
     # the comparison above could not fail if every knob set chose the same pair
-    rtr, _ = make_rtr()
+    rtr, _ = make_rtr(QuantilePredictor())
     picks = {
         (r.routing.model, r.routing.strategy)
         for knobs in KNOB_SETS
         for r in [rtr.invoke(QUESTIONS[0], config={"configurable": _config(knobs)})]
     }
     assert len(picks) > 1
+
+
+def test_the_best_bet_knob_routes_unlike_the_plain_budget() -> None:
+    rtr, _ = make_rtr(QuantilePredictor())
+    picks = {
+        rule: [
+            rtr.invoke(
+                q, config={"configurable": {"rtr_max_tokens": 100, "rtr_budget_rule": rule}}
+            ).routing.strategy
+            for q in QUESTIONS
+        ]
+        for rule in ("fit", "best_bet")
+    }
+    assert picks["fit"] != picks["best_bet"], picks

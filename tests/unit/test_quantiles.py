@@ -11,11 +11,14 @@ from rich.console import Console
 
 from langchain_rtr.cli.render import routing_table_view
 from langchain_rtr.errors import KnobTypeError
+from langchain_rtr.knobs import policy_budget
 from langchain_rtr.quantiles import LengthQuantiles, QuantileError
 from langchain_rtr.routing import (
+    STATUS_NO_ALLOWED_PAIR,
     STATUS_NO_PAIR_FITS,
     STATUS_OK,
     STATUS_OVER_BUDGET,
+    BestBet,
     RoutingError,
     RoutingTable,
     TokenBudget,
@@ -147,6 +150,75 @@ def test_best_bet_weighs_accuracy_by_the_chance_to_fit(spread: LengthQuantiles) 
     fewest = TokenBudget(160, confidence=0.99, on_no_fit="fewest_tokens")
     assert fewest.choose(CORRECT, tokens, COST, length_quantiles=spread).index[0] == 2
     assert choice.n_ranked[0] == 3 and choice.ranking[0].tolist() == [1, 2, 0]
+
+
+def test_best_bet_weighs_both_chances_where_the_budget_only_checks_the_fit(
+    spread: LengthQuantiles,
+) -> None:
+    # At 250 tokens pair 0 (0.9 correct, median 200, wide) finishes about 64 % of the time:
+    # 0.9 x 0.64 = 0.58 loses to pair 1's 0.7 x 1.0; the point budget takes pair 0 (200 fits).
+    bet = BestBet(250).choose(CORRECT, TOKENS, COST, length_quantiles=spread)
+    assert bet.index[0] == 1 and bet.status[0] == STATUS_OK
+    assert bet.ranking[0].tolist() == [1, 0, 2] and bet.n_ranked[0] == 3
+    assert TokenBudget(250).choose(CORRECT, TOKENS, COST, length_quantiles=spread).index[0] == 0
+    # At 600 pair 0 finishes about 97 % of the time: 0.87 beats 0.7.
+    assert BestBet(600).choose(CORRECT, TOKENS, COST, length_quantiles=spread).index[0] == 0
+    # A pair whose point estimate is over the budget can still be the best bet: 0.9 x 0.47
+    # against 0.3 x 1.0 for the only pair that fits.
+    weak = np.array([[0.9, 0.3, 0.2]])
+    over = np.array([[260.0, 150.0, 40.0]])
+    assert BestBet(250).choose(weak, over, COST, length_quantiles=spread).index[0] == 0
+    assert TokenBudget(250).choose(weak, over, COST, length_quantiles=spread).index[0] == 1
+
+
+def test_best_bet_gets_more_uncut_right_answers_than_either_budget_rule() -> None:
+    # Simulated outcomes drawn from the very probabilities the policies see: then ranking by
+    # P(correct) x P(fits) maximises right answers that are not cut off.
+    rng = np.random.default_rng(6)
+    n, medians, sigmas = 4_000, [60.0, 120.0, 240.0], [0.1, 0.4, 0.5]
+    quantiles = LengthQuantiles.calibrate(*lognormal_lengths(rng, 4_000, medians, sigmas))
+    point, real = lognormal_lengths(rng, n, medians, sigmas)
+    scale = np.exp(rng.uniform(-0.7, 0.7, (n, 1)))  # questions of every length
+    point, real = point * scale, real * scale
+    correct = np.sort(rng.uniform(0.2, 0.95, (n, 3)), axis=1)  # longer pairs more often right
+    right = rng.uniform(size=(n, 3)) < correct
+    cost = np.zeros((n, 3))
+
+    def uncut_right(policy: TokenBudget | BestBet, budget: float) -> float:
+        pick = policy.choose(correct, point, cost, length_quantiles=quantiles).index
+        rows = np.arange(n)
+        return float(np.mean(right[rows, pick] & (real[rows, pick] <= budget)))
+
+    for budget in (100.0, 150.0, 250.0):
+        best = uncut_right(BestBet(budget), budget)
+        point_rule = uncut_right(TokenBudget(budget, on_no_fit="fewest_tokens"), budget)
+        sure = uncut_right(TokenBudget(budget, confidence=0.9, on_no_fit="best_bet"), budget)
+        assert best > point_rule + 0.01 and best > sure + 0.01
+
+
+def test_best_bet_when_nothing_can_fit_or_nothing_is_allowed(spread: LengthQuantiles) -> None:
+    nothing_fits = BestBet(1).choose(CORRECT, TOKENS, COST, length_quantiles=spread)
+    assert nothing_fits.index[0] == 0 and nothing_fits.status[0] == STATUS_OVER_BUDGET
+    only_two = BestBet(250).choose(
+        CORRECT, TOKENS, COST, np.array([True, False, True]), length_quantiles=spread
+    )
+    assert only_two.index[0] == 0 and only_two.ranking[0, :2].tolist() == [0, 2]
+    assert only_two.n_ranked[0] == 2
+    none = BestBet(250).choose(CORRECT, TOKENS, COST, np.zeros(3, bool), length_quantiles=spread)
+    assert none.index[0] == -1 and none.status[0] == STATUS_NO_ALLOWED_PAIR
+
+
+def test_best_bet_needs_lengths_and_a_budget() -> None:
+    with pytest.raises(RoutingError, match="needs length quantiles"):
+        BestBet(250).choose(CORRECT, TOKENS, COST)
+    with pytest.raises(RoutingError, match="no length head"):
+        BestBet(250).choose(CORRECT, None, COST)
+    with pytest.raises(KnobTypeError, match="BestBet max_tokens"):
+        BestBet("250")  # type: ignore[arg-type]
+    with pytest.raises(RoutingError, match="BestBet max_tokens"):
+        BestBet(-1)
+    assert policy_from_dict(BestBet(250).to_dict()) == BestBet(250)
+    assert policy_budget(BestBet(250)) == 250
 
 
 def test_confidence_without_quantiles_is_a_clear_error() -> None:

@@ -12,7 +12,7 @@ from langchain_core.prompts import ChatPromptTemplate
 
 from langchain_rtr.errors import ConfigError, KnobTypeError, RTRError, UnknownPairError
 from langchain_rtr.models import ModelRegistry
-from langchain_rtr.routing import TokenBudget, Tradeoff
+from langchain_rtr.routing import BestBet, TokenBudget, Tradeoff
 from langchain_rtr.runnable import (
     AllPairsFailedError,
     RTRResult,
@@ -142,8 +142,9 @@ def test_configurable_policy_and_allowed_pairs() -> None:
     assert router.calls[-1]["policy"] == Tradeoff(lam=1.0)
 
 
-def test_policy_budget_caps_max_tokens() -> None:
-    rtr, _, models = build(policy=TokenBudget(max_tokens=77))
+@pytest.mark.parametrize("policy", [TokenBudget(max_tokens=77), BestBet(max_tokens=77)])
+def test_policy_budget_caps_max_tokens(policy: TokenBudget | BestBet) -> None:
+    rtr, _, models = build(policy=policy)
     rtr.invoke("q")
     assert models["big"].calls[-1]["kwargs"]["max_tokens"] == 77
 
@@ -161,6 +162,14 @@ def test_policy_budget_caps_max_tokens() -> None:
         ({"rtr_policy": {}}, KnobTypeError),
         ({"rtr_confidence": 0.9}, ConfigError),  # a confidence needs a token budget
         ({"rtr_max_tokens": 100, "rtr_confidence": 1.0}, ConfigError),
+        ({"rtr_budget_rule": "best_bet"}, ConfigError),  # a rule needs a token budget
+        ({"rtr_max_tokens": 100, "rtr_budget_rule": "best"}, ConfigError),
+        ({"rtr_max_tokens": 100, "rtr_budget_rule": 1}, KnobTypeError),
+        (
+            {"rtr_max_tokens": 100, "rtr_budget_rule": "best_bet", "rtr_confidence": 0.9},
+            ConfigError,
+        ),
+        ({"rtr_max_tokens": 100, "rtr_budget_rule": "fit", "rtr_lambda": 0.5}, ConfigError),
         ({"rtr_allowed_pairs": [("huge", "cot")]}, UnknownPairError),
         ({"rtr_allowed_pairs": [5]}, KnobTypeError),
         ({"rtr_allowed_pairs": {"big": "cot"}}, KnobTypeError),
@@ -173,6 +182,17 @@ def test_bad_knobs_are_refused(configurable: dict[str, Any], error: type[Excepti
         rtr.invoke("q", config={"configurable": configurable})
     assert isinstance(caught.value, RTRError)
     assert router.calls == []
+
+
+def test_the_budget_rule_picks_the_budget_policy() -> None:
+    rtr, router, _ = build()
+    for rule, policy in (
+        ("fit", TokenBudget(100, on_no_fit="fewest_tokens")),
+        ("best_bet", BestBet(100)),
+    ):
+        config = {"rtr_max_tokens": 100, "rtr_budget_rule": rule}
+        rtr.invoke("q", config={"configurable": config})
+        assert router.calls[-1]["policy"] == policy
 
 
 def test_a_pair_string_means_the_same_in_config_as_in_the_model_string() -> None:

@@ -13,7 +13,7 @@ import pytest
 from langchain_openai import ChatOpenAI
 
 from langchain_rtr.dispatch import CallRun
-from langchain_rtr.routing import AccuracyFloor, TokenBudget, Tradeoff
+from langchain_rtr.routing import AccuracyFloor, BestBet, TokenBudget, Tradeoff
 from langchain_rtr.runnable import RTRRunnable
 from langchain_rtr.server import ServerSettings, create_app, parse_rtr_model
 from langchain_rtr.specs import ModelSpec
@@ -208,6 +208,12 @@ async def test_request_fields_reach_the_chosen_model(env: Env) -> None:
             lambda p, a: set(a) == {("small", "direct"), ("small", "cot")},
         ),
         ("rtr", {"rtr": {"pairs": ["small/direct"]}}, lambda p, a: set(a) == {("small", "direct")}),
+        ("rtr:max_tokens=60,budget_rule=best_bet", {}, lambda p, a: p == BestBet(60)),
+        (
+            "rtr:max_tokens=60",
+            {"rtr": {"budget_rule": "best_bet"}},
+            lambda p, a: p == BestBet(60),
+        ),
     ],
 )
 async def test_knobs_in_the_model_name_and_the_body(
@@ -670,6 +676,14 @@ async def test_unknown_knob_is_named_in_the_message(env: Env) -> None:
         await post(env, {"model": "rtr", "messages": HELLO, "rtr": {"budget": 3}}), 400
     )
     assert "budget" in err["message"] and err["param"] == "rtr.budget"
+    bad_rule = {"model": "rtr:max_tokens=60,budget_rule=bestbet", "messages": HELLO}
+    err = assert_openai_error(await post(env, bad_rule), 400)
+    assert "budget_rule" in err["message"] and "best_bet" in err["message"]
+    err = assert_openai_error(
+        await post(env, {**bad_rule, "model": "rtr:max_tokens=60", "rtr": {"budget_rule": "x"}}),
+        400,
+    )
+    assert "budget_rule" in err["param"]
 
 
 async def test_a_10_mb_body_is_refused_before_it_is_read(env: Env) -> None:
