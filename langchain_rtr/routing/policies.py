@@ -45,6 +45,17 @@ class Choice:
 
 
 @dataclass(frozen=True)
+class _Inputs:
+    """One call's checked ``[n, P]`` arrays, and the length quantiles if the table has them."""
+
+    a: np.ndarray
+    t: np.ndarray | None
+    c: np.ndarray
+    allowed: np.ndarray
+    quantiles: LengthQuantiles | None
+
+
+@dataclass(frozen=True)
 class _Keys:
     """Sort keys (most significant first, higher is better) over eligible cells."""
 
@@ -89,14 +100,7 @@ class Policy(ABC):
     needs_cost_scale: ClassVar[bool] = False
 
     @abstractmethod
-    def _keys(
-        self,
-        a: np.ndarray,
-        t: np.ndarray | None,
-        c: np.ndarray,
-        allowed: np.ndarray,
-        quantiles: LengthQuantiles | None,
-    ) -> _Keys: ...
+    def _keys(self, x: _Inputs) -> _Keys: ...
 
     def choose(
         self,
@@ -120,7 +124,7 @@ class Policy(ABC):
             The chosen columns, statuses and the full preference ranking.
         """
         a, t, c, mask = _as_arrays(correctness, tokens, cost, allowed)
-        k = self._keys(a, t, c, mask, length_quantiles)
+        k = self._keys(_Inputs(a, t, c, mask, length_quantiles))
         # np.lexsort sorts ascending by the *last* key first: eligible cells first, then
         # each key high-to-low; ties keep column order.
         sort_keys = [-key for key in reversed(k.keys)] + [~k.eligible]
@@ -164,16 +168,9 @@ class Tradeoff(Policy):
         if not (0.0 <= float(self.lam) <= 1.0):
             raise RoutingError(f"Tradeoff lam must be in [0, 1], got {self.lam!r}")
 
-    def _keys(
-        self,
-        a: np.ndarray,
-        t: np.ndarray | None,
-        c: np.ndarray,
-        allowed: np.ndarray,
-        quantiles: LengthQuantiles | None,
-    ) -> _Keys:
-        score = self.lam * a - (1.0 - self.lam) * c
-        return _Keys([score, a, -c], allowed, _status(a.shape[0]))
+    def _keys(self, x: _Inputs) -> _Keys:
+        score = self.lam * x.a - (1.0 - self.lam) * x.c
+        return _Keys([score, x.a, -x.c], x.allowed, _status(x.a.shape[0]))
 
 
 def _check_budget(budget: Any, policy: str) -> None:
@@ -254,14 +251,8 @@ class TokenBudget(Policy):
         status[stuck] = STATUS_OVER_BUDGET
         return Choice(index=index, status=status, ranking=ranking, n_ranked=n_ranked)
 
-    def _keys(
-        self,
-        a: np.ndarray,
-        t: np.ndarray | None,
-        c: np.ndarray,
-        allowed: np.ndarray,
-        quantiles: LengthQuantiles | None,
-    ) -> _Keys:
+    def _keys(self, x: _Inputs) -> _Keys:
+        a, t, c, allowed = x.a, x.t, x.c, x.allowed
         if t is None:
             raise RoutingError(
                 "TokenBudget needs output-token predictions; this predictor has no length head"
@@ -304,14 +295,8 @@ class BestBet(Policy):
     def __post_init__(self) -> None:
         _check_budget(self.max_tokens, "BestBet")
 
-    def _keys(
-        self,
-        a: np.ndarray,
-        t: np.ndarray | None,
-        c: np.ndarray,
-        allowed: np.ndarray,
-        quantiles: LengthQuantiles | None,
-    ) -> _Keys:
+    def _keys(self, x: _Inputs) -> _Keys:
+        a, t, allowed, quantiles = x.a, x.t, x.allowed, x.quantiles
         if t is None:
             raise RoutingError(
                 "BestBet needs output-token predictions; this predictor has no length head"
@@ -343,19 +328,13 @@ class AccuracyFloor(Policy):
         if not (0.0 <= float(self.floor) <= 1.0):
             raise RoutingError(f"AccuracyFloor floor must be in [0, 1], got {self.floor!r}")
 
-    def _keys(
-        self,
-        a: np.ndarray,
-        t: np.ndarray | None,
-        c: np.ndarray,
-        allowed: np.ndarray,
-        quantiles: LengthQuantiles | None,
-    ) -> _Keys:
-        meets = allowed & (a >= self.floor)
+    def _keys(self, x: _Inputs) -> _Keys:
+        a, c = x.a, x.c
+        meets = x.allowed & (a >= self.floor)
         status = _status(a.shape[0])
-        status[~meets.any(axis=1) & allowed.any(axis=1)] = STATUS_BELOW_FLOOR
+        status[~meets.any(axis=1) & x.allowed.any(axis=1)] = STATUS_BELOW_FLOOR
         keys = [meets.astype(np.float64), np.where(meets, -c, a), np.where(meets, a, -c)]
-        return _Keys(keys, allowed, status)
+        return _Keys(keys, x.allowed, status)
 
 
 @dataclass(frozen=True)
@@ -393,20 +372,13 @@ class AverageBudget(Policy):
         """Whether λ has been fitted."""
         return self.lam is not None
 
-    def _keys(
-        self,
-        a: np.ndarray,
-        t: np.ndarray | None,
-        c: np.ndarray,
-        allowed: np.ndarray,
-        quantiles: LengthQuantiles | None,
-    ) -> _Keys:
+    def _keys(self, x: _Inputs) -> _Keys:
         if self.lam is None:
             raise NotCalibratedError(
                 "AverageBudget is not calibrated: call router.calibrate(policy, "
                 "validation_questions) first"
             )
-        return Tradeoff(self.lam)._keys(a, t, c, allowed, quantiles)
+        return Tradeoff(self.lam)._keys(x)
 
     def calibrate(
         self,
