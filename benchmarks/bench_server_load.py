@@ -183,6 +183,14 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
+def open_files(pid: int) -> int:
+    """The server's open file descriptors (sockets included): one per backend connection."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return -1
+
+
 def proc_stat(pid: int | str) -> list[str] | None:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -494,26 +502,30 @@ def summarise(name: str, res: LoadResult, echo: bool = True) -> dict[str, Any]:
     return summary
 
 
-def report_rss(samples: list[tuple[float, float, int]], points: int) -> dict[str, Any]:
+def report_rss(samples: list[tuple[float, float, int, int]], points: int) -> dict[str, Any]:
     """Print RSS at `points` moments and the growth over the second half (after warm-up)."""
     print("  server RSS over the run:")
     picks = sorted({round(i * (len(samples) - 1) / max(1, points - 1)) for i in range(points)})
     for i in picks:
-        t, mb, done = samples[i]
-        print(f"    t={t:6.0f} s  requests {done:8,d}  RSS {mb:7.1f} MB")
-    mid = samples[len(samples) // 2]
+        t, mb, done, files = samples[i]
+        print(f"    t={t:6.0f} s  requests {done:8,d}  RSS {mb:7.1f} MB  open files {files:5d}")
     end = samples[-1]
+    # the last sample taken by half the run's time: a backend stopped halfway counts in the
+    # second half, whichever side of the stop a sample happens to fall on
+    mid = [x for x in samples if x[0] <= end[0] / 2][-1] if samples[0][0] <= end[0] / 2 else end
     grown = end[1] - mid[1]
     minutes = (end[0] - mid[0]) / 60.0
     per_10k = grown / max(1, end[2] - mid[2]) * 10_000
-    values = [mb for _, mb, _ in samples]
+    values = [mb for _, mb, _, _ in samples]
     print(
         f"  second half: {grown:+.1f} MB over {minutes:.1f} min and {end[2] - mid[2]:,} requests "
         f"({grown / minutes if minutes else 0.0:+.1f} MB/min, {per_10k:+.1f} MB per 10k requests); "
         f"max {max(values):.0f} MB"
     )
     return {
-        "samples": [{"t_s": t, "mb": mb, "requests": n} for t, mb, n in samples],
+        "samples": [
+            {"t_s": t, "mb": mb, "requests": n, "open_files": f} for t, mb, n, f in samples
+        ],
         "start": values[0],
         "mid": mid[1],
         "end": end[1],
@@ -702,7 +714,7 @@ def main() -> None:
             if args.no_stop
             else (args.stop_at if args.stop_at is not None else args.duration / 2)
         )
-        rss: list[tuple[float, float, int]] = []  # (seconds in, MB, requests answered)
+        rss: list[tuple[float, float, int, int]] = []  # (s in, MB, answered, open files)
         stopped: dict[str, float] = {}
 
         async def tick(t_start: float, progress: LoadResult) -> None:
@@ -710,7 +722,7 @@ def main() -> None:
                 now = time.perf_counter() - t_start
                 value = rss_mb(server.pid)
                 if value is not None:
-                    rss.append((now, value, len(progress.outcomes)))
+                    rss.append((now, value, len(progress.outcomes), open_files(server.pid)))
                 if stop_at is not None and not stopped and now >= stop_at:
                     stopped["smol-a"] = now
                     print(f"  t={now:.1f} s: stopping backend smol-a")
