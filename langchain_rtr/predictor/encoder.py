@@ -12,6 +12,7 @@ import hashlib
 import os
 import sqlite3
 import threading
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from langchain_rtr.errors import ConfigError
 from langchain_rtr.predictor.extras import require
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
@@ -34,6 +36,12 @@ the activations in cache (docs/encoders.md, "Batch sizes", has the measurement).
 _CACHE_ENV = "RTR_CACHE_DIR"
 _CACHE_FILE = "embeddings.sqlite3"
 _SQL_CHUNK = 500  # keys per SELECT; well under SQLite's bound-variable limit
+
+DEFAULT_CACHE_ENTRIES = 200_000
+"""Most vectors the on-disk cache keeps (docs/encoders.md has a row's size); past it, the
+oldest written go first. ``$RTR_CACHE_MAX_ENTRIES`` overrides it."""
+_ENTRIES_ENV = "RTR_CACHE_MAX_ENTRIES"
+_KEEP_AFTER_EVICTION = 0.9  # evict down to this share of the bound, not one row per write
 
 
 @runtime_checkable
@@ -232,19 +240,36 @@ class CachedEncoder:
     some misses encodes only the misses, in one call. If the cache cannot be opened or written
     (read-only disk, say), encoding still works and a warning says why.
 
+    The file is bounded: past ``max_entries`` rows (all encoders together), the oldest
+    written are deleted, so a long-running process that keeps meeting new questions does not
+    fill the disk.
+
     Args:
         inner: The encoder whose vectors are cached.
         cache_dir: Where the SQLite file lives; default :func:`default_cache_dir`.
+        max_entries: Most rows kept; default ``$RTR_CACHE_MAX_ENTRIES``, else
+            :data:`DEFAULT_CACHE_ENTRIES`.
+
+    Raises:
+        ConfigError: ``max_entries`` (or the variable) is not an int >= 1.
     """
 
-    def __init__(self, inner: QuestionEncoder, cache_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        inner: QuestionEncoder,
+        cache_dir: str | Path | None = None,
+        *,
+        max_entries: int | None = None,
+    ) -> None:
         self.inner = inner
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.path = self.cache_dir / _CACHE_FILE
+        self.max_entries = cache_entries(max_entries)
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._pid: int | None = None
         self._disabled = False
+        self._entries = 0  # rows in the file as this process last counted, plus its writes
 
     @property
     def id(self) -> str:
@@ -272,8 +297,12 @@ class CachedEncoder:
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS embeddings ("
                 " encoder TEXT NOT NULL, key BLOB NOT NULL, dim INTEGER NOT NULL,"
-                " vector BLOB NOT NULL, PRIMARY KEY (encoder, key)) WITHOUT ROWID"
+                " vector BLOB NOT NULL, added INTEGER NOT NULL DEFAULT 0,"
+                " PRIMARY KEY (encoder, key)) WITHOUT ROWID"
             )
+            _add_written_time(conn)
+            conn.execute("CREATE INDEX IF NOT EXISTS embeddings_added ON embeddings (added)")
+            self._entries = int(conn.execute("SELECT count(*) FROM embeddings").fetchone()[0])
         except (sqlite3.Error, OSError) as exc:
             self._disable(f"cannot open embedding cache {self.path}: {exc}")
             return None
@@ -315,20 +344,39 @@ class CachedEncoder:
         conn = self._connect()
         if conn is None:
             return
+        now = time.time_ns()
         rows = [
-            (self.id, key, int(vec.shape[0]), vec.astype("<f4").tobytes())
+            (self.id, key, int(vec.shape[0]), vec.astype("<f4").tobytes(), now)
             for key, vec in zip(keys, vectors, strict=True)
         ]
         try:
             with conn:  # one transaction: all of the batch or none of it
                 conn.execute("BEGIN IMMEDIATE")
                 conn.executemany(
-                    "INSERT OR REPLACE INTO embeddings (encoder, key, dim, vector) "
-                    "VALUES (?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO embeddings (encoder, key, dim, vector, added) "
+                    "VALUES (?, ?, ?, ?, ?)",
                     rows,
                 )
+            self._entries += len(rows)  # an upper bound: a replaced row is counted again
+            if self._entries > self.max_entries:
+                self._evict(conn)
         except sqlite3.Error as exc:
             self._disable(f"cannot write embedding cache {self.path}: {exc}")
+
+    def _evict(self, conn: sqlite3.Connection) -> None:
+        """Delete the oldest-written rows down to a share of the bound (all encoders')."""
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            count = int(conn.execute("SELECT count(*) FROM embeddings").fetchone()[0])
+            excess = count - int(self.max_entries * _KEEP_AFTER_EVICTION)
+            if count > self.max_entries and excess > 0:
+                conn.execute(
+                    "DELETE FROM embeddings WHERE (encoder, key) IN"
+                    " (SELECT encoder, key FROM embeddings ORDER BY added LIMIT ?)",
+                    (excess,),
+                )
+                count -= excess
+        self._entries = count
 
     def encode(
         self, texts: Sequence[str], *, batch_size: int = 64, show_progress: bool = False
@@ -377,6 +425,34 @@ class CachedEncoder:
 
     def __repr__(self) -> str:
         return f"CachedEncoder({self.inner!r}, cache={str(self.path)!r})"
+
+
+def cache_entries(value: int | None = None) -> int:
+    """The cache's bound: ``value``, else ``$RTR_CACHE_MAX_ENTRIES``, else the default."""
+    where = "max_entries"
+    if value is None and os.environ.get(_ENTRIES_ENV, "").strip():
+        where, text = f"${_ENTRIES_ENV}", os.environ[_ENTRIES_ENV].strip()
+        try:
+            value = int(text)
+        except ValueError:
+            raise ConfigError(f"{where}: expected an int >= 1, got {text!r}") from None
+    if value is None:
+        return DEFAULT_CACHE_ENTRIES
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where}: expected an int >= 1, got {value!r}")
+    return value
+
+
+def _add_written_time(conn: sqlite3.Connection) -> None:
+    """Give a cache file from before the bound its ``added`` column (its rows go first)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(embeddings)")}
+    if "added" in columns:
+        return
+    try:
+        conn.execute("ALTER TABLE embeddings ADD COLUMN added INTEGER NOT NULL DEFAULT 0")
+    except sqlite3.OperationalError as exc:
+        if "duplicate column" not in str(exc):  # another process added it first
+            raise
 
 
 def default_encoder(cache: bool = True, backend: str | None = None) -> QuestionEncoder:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing
 import os
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import pytest
 import torch
 
 from langchain_rtr.data.matrix import OutcomeMatrix
-from langchain_rtr.errors import QuestionTypeError
+from langchain_rtr.errors import ConfigError, QuestionTypeError
 from langchain_rtr.predictor import (
     DEFAULT_ENCODER_ID,
     FORMAT_VERSION,
@@ -30,6 +32,7 @@ from langchain_rtr.predictor import (
     default_encoder,
 )
 from langchain_rtr.predictor.digests import DIGEST_FILE
+from langchain_rtr.predictor.encoder import text_key
 from langchain_rtr.predictor.training import member_seeds
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -561,6 +564,62 @@ def test_unusable_cache_dir_warns_and_still_encodes(tmp_path: Path) -> None:
     with pytest.warns(RuntimeWarning, match="without a cache"):
         out = cached.encode(["alpha"])
     assert out.shape == (1, 32)
+
+
+def _rows(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return int(conn.execute("SELECT count(*) FROM embeddings").fetchone()[0])
+
+
+def test_the_cache_keeps_its_bound_and_drops_the_oldest_first(tmp_path: Path) -> None:
+    inner = TopicEncoder()
+    cached = CachedEncoder(inner, tmp_path / "c", max_entries=10)
+    batches = [[f"alpha {b} {i}" for i in range(4)] for b in range(5)]
+    for batch in batches:
+        cached.encode(batch)
+    assert _rows(cached.path) <= 10
+    calls = len(inner.calls)
+    np.testing.assert_array_equal(cached.encode(batches[-1]), TopicEncoder().encode(batches[-1]))
+    assert len(inner.calls) == calls  # the newest are kept
+    cached.encode(batches[0])
+    assert inner.calls[-1] == batches[0]  # the oldest were dropped
+
+
+def test_a_cache_file_from_before_the_bound_is_upgraded(tmp_path: Path) -> None:
+    (tmp_path / "c").mkdir()
+    path = tmp_path / "c" / "embeddings.sqlite3"
+    old = TopicEncoder()
+    vector = old.encode(["alpha old"])[0].astype("<f4").tobytes()
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute(
+            "CREATE TABLE embeddings (encoder TEXT NOT NULL, key BLOB NOT NULL, dim INTEGER"
+            " NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (encoder, key)) WITHOUT ROWID"
+        )
+        conn.execute(
+            "INSERT INTO embeddings VALUES (?, ?, ?, ?)",
+            (old.id, text_key("alpha old"), 32, vector),
+        )
+    inner = TopicEncoder()
+    cached = CachedEncoder(inner, tmp_path / "c", max_entries=3)
+    cached.encode(["alpha old"])
+    assert inner.calls == []  # its rows still read
+    cached.encode(["beta 1", "beta 2", "beta 3"])
+    cached.encode(["alpha old"])
+    assert inner.calls[-1] == ["alpha old"]  # rows of the old file go first
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, "5", 2.5])
+def test_a_bad_cache_bound_is_refused(bad: object, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="max_entries"):
+        CachedEncoder(TopicEncoder(), tmp_path, max_entries=bad)  # type: ignore[arg-type]
+
+
+def test_the_cache_bound_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("RTR_CACHE_MAX_ENTRIES", "7")
+    assert CachedEncoder(TopicEncoder(), tmp_path).max_entries == 7
+    monkeypatch.setenv("RTR_CACHE_MAX_ENTRIES", "many")
+    with pytest.raises(ConfigError, match=r"\$RTR_CACHE_MAX_ENTRIES"):
+        CachedEncoder(TopicEncoder(), tmp_path)
 
 
 def _encode_in_child(directory: str, start: int) -> None:
