@@ -512,7 +512,7 @@ def report_rss(samples: list[tuple[float, float, int, int]], points: int) -> dic
     end = samples[-1]
     # the last sample taken by half the run's time: a backend stopped halfway counts in the
     # second half, whichever side of the stop a sample happens to fall on
-    mid = [x for x in samples if x[0] <= end[0] / 2][-1] if samples[0][0] <= end[0] / 2 else end
+    mid = next((x for x in reversed(samples) if x[0] <= end[0] / 2), samples[0])
     grown = end[1] - mid[1]
     minutes = (end[0] - mid[0]) / 60.0
     per_10k = grown / max(1, end[2] - mid[2]) * 10_000

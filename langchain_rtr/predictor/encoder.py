@@ -368,8 +368,8 @@ class CachedEncoder:
         with conn:
             conn.execute("BEGIN IMMEDIATE")
             count = int(conn.execute("SELECT count(*) FROM embeddings").fetchone()[0])
-            excess = count - int(self.max_entries * _KEEP_AFTER_EVICTION)
-            if count > self.max_entries and excess > 0:
+            if count > self.max_entries:  # another process may have evicted already
+                excess = count - int(self.max_entries * _KEEP_AFTER_EVICTION)
                 conn.execute(
                     "DELETE FROM embeddings WHERE (encoder, key) IN"
                     " (SELECT encoder, key FROM embeddings ORDER BY added LIMIT ?)",

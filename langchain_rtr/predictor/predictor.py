@@ -336,7 +336,7 @@ class RTRPredictor:
             progress: Epoch callback of that retraining.
             cache_embeddings: Put the rebuilt encoder behind the on-disk embedding cache (the
                 default). A long-running server of unique questions turns it off: the cache
-                would grow by one row per question and gain nothing.
+                would write a row per question, up to its bound, and gain nothing.
 
         Raises:
             CheckpointError: Files missing, malformed or changed since they were saved (their

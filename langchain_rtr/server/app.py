@@ -101,8 +101,8 @@ def build_runnable(
         specs = load_models_file(models_file).specs
     root = Path(router_dir)
     known = trained_models(root)  # the others are pass-through backends only
-    # No on-disk embedding cache: a gateway sees mostly new questions, and the cache would
-    # write a row per request and grow without bound (docs/server.md).
+    # No on-disk embedding cache: a gateway sees mostly new questions, so the cache would
+    # write a row per request and evict as often as it hits (docs/server.md).
     router = RTRRouter.load(
         root, models={n: s for n, s in specs.items() if n in known}, cache_embeddings=False
     )
