@@ -96,11 +96,6 @@ SyncStreamCall = Callable[[Attempt], Iterator[AIMessageChunk]]
 AsyncStreamCall = Callable[[Attempt], AsyncIterator[AIMessageChunk]]
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text if len(text) <= 500 else text[:497] + "..."
-
-
 def failed_attempt(pair: Pair, exc: BaseException, streamed_tokens: int = 0) -> FailedAttempt:
     """The record of a failed try of ``pair`` (retryable when the endpoint was unavailable)."""
     text = str(exc) or type(exc).__name__
@@ -174,6 +169,7 @@ class CallRun:
                     break
         if attempt is not None:
             self.last = attempt
+            self.last_exc = None  # the failure's record stays; its traceback need not
         return attempt
 
     def failed(

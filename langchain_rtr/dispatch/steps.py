@@ -158,39 +158,44 @@ def _relay(step: Stream[Any], call: Callable[[Any], Iterable[C]]) -> Generator[C
 
 def drive(steps: Steps[R], call: Callable[[Any], Any]) -> R:
     """Run the loop, calling ``call`` for each `Call` step; its result."""
-    outcome = _Outcome()
-    while not isinstance(step := _advance(steps, outcome), _Done):
-        outcome = _settle(step.run, call)
+    step = _advance(steps, _Outcome())
+    while not isinstance(step, _Done):
+        step = _advance(steps, _settle(step.run, call))
     return step.result
 
 
 async def adrive(steps: Steps[R], acall: Callable[[Any], Awaitable[Any]]) -> R:
-    """Run the loop, awaiting ``acall`` for each `Call` step; its result."""
-    outcome = _Outcome()
-    while not isinstance(step := _advance(steps, outcome), _Done):
-        outcome = await _asettle(step.arun(acall))
+    """Run the loop, awaiting ``acall`` for each `Call` step; its result.
+
+    Each outcome lives only until the loop has it: a failed call's exception, and through its
+    traceback every frame of the client that raised it, must not stay alive while the next
+    pair is awaited (under a burst of failures that is a copy per request in flight).
+    """
+    step = _advance(steps, _Outcome())
+    while not isinstance(step, _Done):
+        step = _advance(steps, await _asettle(step.arun(acall)))
     return step.result
 
 
 def drive_stream(steps: Steps[R], call: Callable[[Any], Iterable[C]]) -> Iterator[C | R]:
     """Run the loop, yielding each `Stream` step's chunks from ``call``, then its result."""
-    outcome = _Outcome()
-    while not isinstance(step := _advance(steps, outcome), _Done):
+    step = _advance(steps, _Outcome())
+    while not isinstance(step, _Done):
         if isinstance(step, Stream):
-            outcome = yield from _relay(step, call)
+            step = _advance(steps, (yield from _relay(step, call)))
         else:
-            outcome = _settle(step.run, call)
+            step = _advance(steps, _settle(step.run, call))
     yield step.result
 
 
 async def adrive_stream(
     steps: Steps[R], acall: Callable[[Any], AsyncIterable[C]]
 ) -> AsyncIterator[C | R]:
-    """Async `drive_stream`: the chunks come from ``acall``'s async iterator."""
-    outcome = _Outcome()
-    while not isinstance(step := _advance(steps, outcome), _Done):
+    """Async `drive_stream`: the chunks come from ``acall``'s async iterator (see `adrive`)."""
+    step = _advance(steps, _Outcome())
+    while not isinstance(step, _Done):
         if not isinstance(step, Stream):
-            outcome = await _asettle(step.arun(acall))
+            step = _advance(steps, await _asettle(step.arun(acall)))
             continue
         try:
             async for chunk in acall(step.request):
@@ -200,4 +205,6 @@ async def adrive_stream(
             outcome = _Outcome(error=exc)
         else:
             outcome = _Outcome(step.chunks)
+        step = _advance(steps, outcome)  # outside the except: no implicit exception chaining
+        del outcome
     yield step.result

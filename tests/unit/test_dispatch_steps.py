@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -218,3 +220,72 @@ def test_a_stream_driver_runs_the_other_steps_too(mode: str, parse: str) -> None
 
     assert run_stream(mode, loop()) == ["h", "i", "HI"]
     assert strategy.used == [parse]
+
+
+# --------------------------------------------------------------------------- lifetimes
+class Held:
+    """What a failure carries, so a test can see whether that failure is still alive."""
+
+
+def failing_then_checking(alive: list[bool]) -> Callable[[str], str]:
+    """``down`` fails carrying a `Held`; any later call notes whether that `Held` is reachable."""
+    refs: list[weakref.ref[Held]] = []
+
+    def call(request: str) -> str:
+        if request == "down":
+            held = Held()
+            refs.append(weakref.ref(held))
+            raise Down(held)
+        gc.collect()  # only what something still refers to survives this
+        alive.append(refs[0]() is not None)
+        return request
+
+    return call
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_failed_calls_exception_is_let_go_before_the_next_call(mode: str) -> None:
+    alive: list[bool] = []
+    call = failing_then_checking(alive)
+    if mode == "sync":
+        drive(fallback(["down", "b"], []), call)
+    else:
+
+        async def acall(request: str) -> str:
+            return call(request)
+
+        asyncio.run(adrive(fallback(["down", "b"], []), acall))
+    assert alive == [False]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_cut_streams_exception_is_let_go_before_the_next_stream(mode: str) -> None:
+    alive: list[bool] = []
+    check = failing_then_checking(alive)
+
+    def chunks(request: str) -> Iterator[str]:
+        yield request[:1]
+        yield check(request)
+
+    async def achunks(request: str) -> AsyncIterator[str]:
+        for chunk in chunks(request):
+            yield chunk
+
+    def loop() -> Steps[str]:
+        for request in ["down", "ok"]:
+            try:
+                streamed = yield Stream(request)
+            except Down:
+                continue
+            return "".join(streamed)
+        return "none answered"
+
+    if mode == "sync":
+        out = list(drive_stream(loop(), chunks))
+    else:
+
+        async def collect() -> list[str]:
+            return [item async for item in adrive_stream(loop(), achunks)]
+
+        out = asyncio.run(collect())
+    assert out == ["d", "o", "ok", "ook"] and alive == [False]

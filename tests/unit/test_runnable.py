@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import asyncio
+import gc
+import weakref
 from typing import Any
 from uuid import UUID
 
@@ -243,6 +246,27 @@ def test_falls_back_on_connection_error_and_skips_the_dead_model() -> None:
     assert "APIConnectionError" in result.fallbacks[0].error_type
     assert len(models["big"].calls) == 1  # ("big", "direct") was not tried: same endpoint
     assert result.routing.model == "big"  # the router's choice is still reported
+
+
+@pytest.mark.parametrize("api", ["invoke", "ainvoke"])
+def test_a_failed_pairs_exception_is_let_go_before_the_fallback_call(api: str) -> None:
+    """Under a burst of failures every request in flight would otherwise hold its own."""
+    refs: list[weakref.ref[Exception]] = []
+    alive: list[bool] = []
+
+    def fail_big(question: str) -> Exception:
+        exc = connection_error()
+        refs.append(weakref.ref(exc))
+        return exc
+
+    def check_small(question: str) -> None:
+        gc.collect()  # only what something still refers to survives this
+        alive.append(refs[0]() is not None)
+
+    rtr, _, _ = build(models=make_models(big=fail_big, small=check_small))
+    result = rtr.invoke("q") if api == "invoke" else asyncio.run(rtr.ainvoke("q"))
+    assert result.model == "small" and result.fell_back
+    assert alive == [False]
 
 
 def test_falls_back_on_5xx_not_on_4xx() -> None:
